@@ -79,6 +79,13 @@ class Endpoint:
         return cls(url=url, user=role, password=Credentials.load_or_create(home).passwords[role])
 
 
+def _new_password() -> str:
+    # nats.conf parses an environment variable's value like a config value: one starting with a
+    # digit or '-' is read as a number and breaks the server's start. A letter prefix and hex keep
+    # it a plain string, with 192 bits of randomness.
+    return "rv" + secrets.token_hex(24)
+
+
 @dataclass(frozen=True)
 class Credentials:
     """Generated role passwords, kept in ``<home>/credentials.json`` (mode 0600)."""
@@ -93,9 +100,9 @@ class Credentials:
             missing = [role for role in ROLES if role not in stored]
             if not missing:
                 return cls(passwords={role: stored[role] for role in ROLES})
-            stored.update({role: secrets.token_urlsafe(24) for role in missing})
+            stored.update({role: _new_password() for role in missing})
         else:
-            stored = {role: secrets.token_urlsafe(24) for role in ROLES}
+            stored = {role: _new_password() for role in ROLES}
         home.mkdir(parents=True, exist_ok=True)
         # Create with 0600 from the start, so the secret is never readable by others.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

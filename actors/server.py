@@ -24,7 +24,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StreamConfig
@@ -158,7 +157,11 @@ class EmbeddedServer:
                 await writer.wait_closed()
 
     def _write_server_file(self) -> None:
-        info = {"url": self.url, "monitor_url": self.monitor_url, "pid": self._proc.pid if self._proc else None}
+        info = {
+            "url": self.url,
+            "monitor_url": self.monitor_url,
+            "pid": self._proc.pid if self._proc else None,
+        }
         (self.home / SERVER_FILE).write_text(json.dumps(info, indent=2))
 
     async def stop(self) -> None:
@@ -274,8 +277,12 @@ async def provision(
 
 async def connect(endpoint: Endpoint, name: str, **options: Any) -> Client:
     """Connect as ``endpoint``'s role; connection errors carry the URL in their message."""
+    nc = Client()
     try:
-        nc: Client = await nats.connect(name=name, **endpoint.connect_options(), **options)
+        await nc.connect(name=name, **endpoint.connect_options(), **options)
     except Exception as exc:
+        # nats-py leaves the socket of a refused connection open; close it so nothing leaks.
+        with contextlib.suppress(Exception):
+            await nc.close()
         raise ServerError(f"cannot connect to {endpoint.url} as {endpoint.user or 'anonymous'}: {exc}") from exc
     return nc

@@ -84,13 +84,13 @@ def decode_command(data: bytes, content_type: str | None = None) -> Command:
         return decode(Command, data)
     if content_type == JSON:
         return decode_json(Command, data)
+    if data and _is_msgpack_map(data[0]):
+        return decode(Command, data)  # never strip msgpack: trailing bytes may look like whitespace
     body = data.strip()
     if not body:
         raise DecodeError(f"Command: empty message; expected one of {', '.join(_COMMANDS)}")
     if body[:1] == b"{":
         return decode_json(Command, body)
-    if _is_msgpack_map(body[0]):
-        return decode(Command, body)
     return _decode_words(body)
 
 

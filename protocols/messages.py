@@ -29,9 +29,7 @@ def check_run_id(value: str) -> str:
     """Return ``value`` if it is one NATS subject token, else raise ``ValueError`` saying why."""
     if not RUN_ID_PATTERN.fullmatch(value):
         shown = value if len(value) <= 40 else value[:40] + "..."
-        raise ValueError(
-            f"run_id must be one subject token of 1-128 characters from [A-Za-z0-9_-], got {shown!r}"
-        )
+        raise ValueError(f"run_id must be one subject token of 1-128 characters from [A-Za-z0-9_-], got {shown!r}")
     return value
 
 

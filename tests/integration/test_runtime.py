@@ -1,0 +1,114 @@
+"""The actor lifecycle and `runvisor up`, as real processes against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.msg import Msg
+
+from actors.runtime import Actor
+from actors.server import EmbeddedServer
+from actors.testing import eventually
+
+pytestmark = pytest.mark.integration
+
+
+class Echo(Actor):
+    role = "supervisor"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.events: list[str] = []
+
+    async def on_start(self) -> None:
+        self.events.append("start")
+        await self.nc.subscribe("rv.status.echo", cb=self._reply)
+
+    async def _reply(self, msg: Msg) -> None:
+        await msg.respond(b"alive")
+
+    def loops(self) -> list[Coroutine[Any, Any, None]]:
+        return [self._beat()]
+
+    async def _beat(self) -> None:
+        await self.stopping.wait()
+        self.events.append("loop-exit")
+
+    async def on_stop(self) -> None:
+        self.events.append("stop")
+
+    async def on_failure(self, exc: BaseException) -> None:
+        self.events.append(f"failure:{type(exc).__name__}")
+
+
+async def test_actor_serves_until_stop_then_stops_gracefully(server: EmbeddedServer) -> None:
+    actor = Echo(server.endpoint("supervisor"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(actor.run(stop))
+    await eventually(lambda: "start" in actor.events)
+    reply = await _ask(server, "rv.status.echo")
+    assert reply == b"alive"
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert actor.events == ["start", "loop-exit", "stop"]
+
+
+class Crashing(Echo):
+    async def _beat(self) -> None:
+        raise RuntimeError("boom")
+
+
+async def test_a_crashing_loop_runs_on_failure_not_on_stop(server: EmbeddedServer) -> None:
+    actor = Crashing(server.endpoint("supervisor"))
+    with pytest.raises(ExceptionGroup):
+        await asyncio.wait_for(actor.run(asyncio.Event()), 10)
+    assert actor.events == ["start", "failure:ExceptionGroup"]
+
+
+async def _ask(server: EmbeddedServer, subject: str) -> bytes:
+    from actors.server import connect  # noqa: PLC0415
+
+    nc = await connect(server.endpoint("operator"), "t")
+    try:
+        return (await nc.request(subject, b"", timeout=5)).data
+    finally:
+        await nc.close()
+
+
+async def test_runvisor_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    env = {**os.environ, "RUNVISOR_HOME": str(tmp_path)}
+    env.pop("NATS_URL", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "actors.cli", "up", "--port", "0", "--monitor-port", "0",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    output: list[str] = []
+    try:
+        while not any("runvisor is up" in line for line in output):
+            line = await asyncio.wait_for(proc.stdout.readline(), 20)
+            assert line, f"runvisor up exited early: {''.join(output)}"
+            output.append(line.decode())
+        # Other local processes find the server and the operator's login in the data dir.
+        info = json.loads((tmp_path / "server.json").read_text())
+        assert info["url"].startswith("nats://127.0.0.1:")
+        assert any("nats context save runvisor" in line for line in output)
+        server_pid = info["pid"]
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 0, rest.decode()
+        assert not (tmp_path / "server.json").exists()
+        with pytest.raises(ProcessLookupError):
+            os.kill(server_pid, 0)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,221 @@
+"""The embedded server, provisioning, partitioned storage and per-role permissions, for real."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+
+from actors.endpoint import Role
+from actors.server import EmbeddedServer, ServerError, connect, provision
+from actors.testing import eventually
+from protocols import codec, subjects
+from protocols.messages import Command, StepEvent
+from protocols.reasons import StopReason
+
+pytestmark = pytest.mark.integration
+
+
+async def test_provisioning_is_idempotent_and_updates_outdated_config(fresh_server: EmbeddedServer) -> None:
+    nc = await connect(fresh_server.endpoint("admin"), "t")
+    try:
+        first = await provision(nc)
+        assert set(first.values()) == {"created"}
+        assert set(first) == {
+            "RV_STEPS", "RV_CONTROL", "rv_runs", "rv_checkpoints", "rv_leases", "rv_breakers", "rv_results"
+        }  # fmt: skip
+        # A second run changes nothing.
+        assert set((await provision(nc)).values()) == {"unchanged"}
+        # An outdated config (other partition count, other lease TTL) is updated in place.
+        changed = await provision(nc, partitions=8, lease_ttl_s=3.0)
+        assert changed["RV_STEPS"] == "updated subject_transform"
+        assert changed["rv_leases"].startswith("updated")
+        assert "max_age" in changed["rv_leases"]
+        assert set((await provision(nc, partitions=8, lease_ttl_s=3.0)).values()) == {"unchanged"}
+        info = await nc.jetstream().stream_info("KV_rv_leases")
+        assert info.config.max_age == pytest.approx(3.0)
+    finally:
+        await nc.close()
+
+
+async def test_step_event_is_stored_under_its_partition_subject(server: EmbeddedServer, run_id: str) -> None:
+    agent = await connect(server.endpoint("agent"), "t-agent")
+    admin = await connect(server.endpoint("admin"), "t-admin")
+    try:
+        event = StepEvent(run_id=run_id, seq=1, ts=1.0, kind="tool_call", tool="ls", args={"command": "ls"})
+        ack = await agent.jetstream().publish(subjects.step(run_id), codec.encode(event))
+        stored = await admin.jetstream().get_msg(subjects.STEPS_STREAM, ack.seq)
+        assert stored.subject == subjects.stored_step(subjects.partition_of(run_id), run_id)
+        assert stored.data is not None
+        assert codec.decode(StepEvent, stored.data) == event
+    finally:
+        await agent.close()
+        await admin.close()
+
+
+async def test_plain_text_pause_on_the_control_subject_decodes_to_a_pause(server: EmbeddedServer, run_id: str) -> None:
+    operator = await connect(server.endpoint("operator"), "t-operator")
+    try:
+        # As an operator types it: nats pub rv.ctl.<run> pause
+        await operator.publish(subjects.ctl(run_id), b"pause")
+        await operator.flush()
+
+        async def stored() -> bytes | None:
+            try:
+                msg = await operator.jetstream().get_last_msg(subjects.CONTROL_STREAM, subjects.ctl(run_id))
+            except nats.js.errors.NotFoundError:
+                return None
+            return msg.data
+
+        data: bytes = await eventually(stored, what="the pause stored in RV_CONTROL")
+        command = codec.decode_command(data)
+        assert command == Command(cmd="pause", reason=StopReason.USER_PAUSED, ts=command.ts)
+    finally:
+        await operator.close()
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    async def record(self, exc: Exception) -> None:
+        self.seen.append(str(exc))
+
+    def violation(self, subject: str) -> bool:
+        return any("permissions violation for publish" in e.lower() and subject.lower() in e.lower() for e in self.seen)
+
+
+async def _as(server: EmbeddedServer, role: Role) -> tuple[Client, _Errors]:
+    errors = _Errors()
+    nc = await connect(server.endpoint(role), f"t-{role}", error_cb=errors.record, allow_reconnect=False)
+    return nc, errors
+
+
+async def _denied_publish(server: EmbeddedServer, role: Role, subject: str) -> None:
+    nc, errors = await _as(server, role)
+    try:
+        await nc.publish(subject, b"x")
+        await nc.flush()
+        await eventually(lambda: errors.violation(subject), what=f"the server to refuse {role} publishing {subject}")
+    finally:
+        await nc.close()
+
+
+async def _allowed_publish(server: EmbeddedServer, role: Role, subject: str) -> None:
+    nc, errors = await _as(server, role)
+    try:
+        await nc.jetstream().publish(subject, b"pause", timeout=5)
+        assert not errors.seen
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize(
+    ("role", "subject"),
+    [
+        ("agent", "rv.ctl.someone"),  # agents may not command runs
+        ("agent", "$KV.rv_runs.someone"),  # nor write the supervisors' live state
+        ("tool", "rv.ctl.someone"),
+        ("tool", "rv.tool.other"),  # executors reply, they do not call tools
+        ("operator", "rv.step.someone"),  # operators do not forge steps
+        ("supervisor", "rv.step.someone"),
+    ],
+)
+async def test_server_refuses_publish_outside_the_role(server: EmbeddedServer, role: Role, subject: str) -> None:
+    await _denied_publish(server, role, subject)
+
+
+@pytest.mark.parametrize(
+    ("role", "subject"),
+    [("agent", "rv.step.r1"), ("operator", "rv.ctl.r1"), ("supervisor", "rv.ctl.r1"), ("tool", "rv.step.r1")],
+)
+async def test_role_may_publish_what_it_needs(server: EmbeddedServer, role: Role, subject: str) -> None:
+    await _allowed_publish(server, role, subject)
+
+
+async def test_agent_can_keep_checkpoints_but_tool_cannot(server: EmbeddedServer, run_id: str) -> None:
+    agent, _ = await _as(server, "agent")
+    try:
+        kv = await agent.jetstream().key_value(subjects.CHECKPOINTS_BUCKET)
+        await kv.put(run_id, b"state")
+        assert (await kv.get(run_id)).value == b"state"
+    finally:
+        await agent.close()
+    await _denied_publish(server, "tool", f"$KV.{subjects.CHECKPOINTS_BUCKET}.{run_id}")
+
+
+async def test_tool_cannot_subscribe_to_control(server: EmbeddedServer) -> None:
+    nc, errors = await _as(server, "tool")
+    try:
+        await nc.subscribe("rv.ctl.*")
+        await nc.flush()
+        await eventually(lambda: any("permissions violation for subscription" in e.lower() for e in errors.seen))
+    finally:
+        await nc.close()
+
+
+async def test_tool_replies_to_a_request(server: EmbeddedServer) -> None:
+    tool, _ = await _as(server, "tool")
+    agent, _ = await _as(server, "agent")
+    try:
+
+        async def echo(msg: Msg) -> None:
+            await msg.respond(b"re:" + msg.data)
+
+        await tool.subscribe(subjects.tool("echo"), queue=subjects.tool_queue("echo"), cb=echo)
+        await tool.flush()
+        reply = await agent.request(subjects.tool("echo"), b"hi", timeout=5)
+        assert reply.data == b"re:hi"
+    finally:
+        await tool.close()
+        await agent.close()
+
+
+async def test_denied_jetstream_publish_times_out_instead_of_acking(server: EmbeddedServer) -> None:
+    nc, errors = await _as(server, "agent")
+    try:
+        with pytest.raises(NatsTimeout):
+            await nc.jetstream().publish("rv.ctl.someone", b"kill", timeout=0.5)
+        assert errors.violation("rv.ctl.someone")
+    finally:
+        await nc.close()
+
+
+async def test_wrong_password_is_an_authorization_violation(server: EmbeddedServer) -> None:
+    endpoint = server.endpoint("operator")
+    bad = type(endpoint)(url=endpoint.url, user="operator", password="wrong")
+    with pytest.raises(ServerError, match="Authorization Violation"):
+        await connect(bad, "t-bad", allow_reconnect=False, max_reconnect_attempts=0)
+
+
+async def test_restart_keeps_passwords_and_data(fresh_server: EmbeddedServer) -> None:
+    mode = stat.S_IMODE((fresh_server.home / "credentials.json").stat().st_mode)
+    assert mode == 0o600
+    nc = await connect(fresh_server.endpoint("admin"), "t")
+    await provision(nc)
+    await nc.jetstream().publish(subjects.step("survivor"), b"x")
+    await nc.close()
+    await fresh_server.stop()
+    # A restart on the same data dir keeps the generated passwords and the stored steps.
+    async with EmbeddedServer(fresh_server.home) as again:
+        assert again.credentials == fresh_server.credentials
+        nc = await connect(again.endpoint("admin"), "t")
+        try:
+            info = await nc.jetstream().stream_info(subjects.STEPS_STREAM)
+            assert info.state.messages == 1
+        finally:
+            await nc.close()
+
+
+async def test_a_taken_port_is_a_clear_error(server: EmbeddedServer, tmp_path: object) -> None:
+    import pathlib  # noqa: PLC0415
+
+    assert isinstance(tmp_path, pathlib.Path)
+    with pytest.raises(ServerError, match="exited with code"):
+        async with EmbeddedServer(tmp_path / "other", port=server.port):
+            await asyncio.sleep(0)

@@ -1,0 +1,45 @@
+"""Finding the server and the role's credentials: environment first, then the data dir."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from actors.endpoint import ROLES, Credentials, Endpoint, EndpointError
+
+
+def test_credentials_are_generated_once_with_mode_0600(tmp_path: Path) -> None:
+    first = Credentials.load_or_create(tmp_path)
+    assert stat.S_IMODE((tmp_path / "credentials.json").stat().st_mode) == 0o600
+    assert set(first.passwords) == set(ROLES)
+    assert len(set(first.passwords.values())) == len(ROLES)
+    assert Credentials.load_or_create(tmp_path) == first
+
+
+def test_nats_url_wins_and_uses_the_role_password(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NATS_URL", "nats://nats.internal:4222")
+    monkeypatch.setenv("RV_SUPERVISOR_PASSWORD", "s3cret")
+    endpoint = Endpoint.discover("supervisor", home=tmp_path)
+    assert endpoint.connect_options() == {
+        "servers": ["nats://nats.internal:4222"],
+        "user": "supervisor",
+        "password": "s3cret",
+    }
+
+
+def test_nats_creds_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NATS_URL", "nats://nats.internal:4222")
+    monkeypatch.setenv("NATS_CREDS", "/etc/nats/agent.creds")
+    assert Endpoint.discover("agent").connect_options()["user_credentials"] == "/etc/nats/agent.creds"
+
+
+def test_no_server_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("NATS_URL", raising=False)
+    with pytest.raises(EndpointError, match=r"runvisor up.*NATS_URL"):
+        Endpoint.discover("operator", home=tmp_path)
+
+
+def test_password_is_not_in_repr() -> None:
+    assert "hunter2" not in repr(Endpoint(url="nats://x", user="agent", password="hunter2"))
