@@ -126,6 +126,8 @@ def steps_stream_config(
         max_age=max_age_s,
         max_bytes=max_bytes,
         duplicate_window=120.0,
+        # Direct gets let an agent resuming after a crash read its own last step (last_by_subj).
+        allow_direct=True,
     )
 
 
