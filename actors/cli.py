@@ -18,9 +18,11 @@ from actors.endpoint import Endpoint, EndpointError, default_home
 from actors.operator import fetch_state, list_states, send_command
 from actors.runtime import configure_logging, run_main
 from actors.server import EmbeddedServer, ServerError, connect, provision
+from actors.supervisor.worker import SupervisorWorker
 from protocols.codec import DecodeError
 from protocols.messages import Command, RunState, check_run_id
 from protocols.reasons import RECOVERY_HINTS
+from protocols.subjects import DEFAULT_LEASE_TTL_S
 
 log = logging.getLogger("runvisor")
 
@@ -56,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_server_options(up)
     up.set_defaults(handler=_up)
 
+    sup = sub.add_parser("supervisor", help="run one supervisor worker (run several: they share the partitions)")
+    sup.add_argument("--id", dest="worker_id", default=None, help="worker name in rv_leases (default: random)")
+    _add_supervisor_options(sup)
+    sup.set_defaults(handler=_supervisor)
+
     demo = sub.add_parser("demo", help="start everything on a private embedded server and show it working")
     demo.add_argument("--seconds", type=float, default=3.0, help="how long to keep it up (default 3)")
     demo.set_defaults(handler=_demo)
@@ -82,10 +89,19 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=4222, help="client port (default 4222; 0 picks a free one)")
     parser.add_argument("--monitor-port", type=int, default=8222, help="HTTP monitoring port (0: a free one)")
     parser.add_argument("--partitions", type=int, default=32, help="partitions of RV_STEPS (default 32)")
+    parser.add_argument("--supervisors", type=int, default=1, help="supervisor workers to run in-process (default 1)")
+    parser.add_argument("--lease-ttl", type=float, default=DEFAULT_LEASE_TTL_S, help="lease TTL in seconds")
+
+
+def _add_supervisor_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--partitions", type=int, default=None, help="partitions (default: as RV_STEPS has them)")
+    parser.add_argument("--lease-ttl", type=float, default=None, help="lease TTL (default: the rv_leases bucket's)")
+    parser.add_argument("--lookback", type=float, default=900.0, help="seconds of steps a new owner replays (900)")
 
 
 async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
     home: Path = args.home or default_home()
+    server: EmbeddedServer | None = None
     async with contextlib.AsyncExitStack() as stack:
         if os.environ.get("NATS_URL"):
             admin = Endpoint.discover("admin")
@@ -98,11 +114,31 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
             _print_connect_help(server)
         nc = await connect(admin, "runvisor-up")
         stack.push_async_callback(nc.close)
-        report = await provision(nc, partitions=args.partitions)
+        report = await provision(nc, partitions=args.partitions, lease_ttl_s=args.lease_ttl)
         print("provisioned: " + ", ".join(f"{name} {what}" for name, what in report.items()))
-        print(f"runvisor is up at {url}; Ctrl-C stops it", flush=True)
-        await stop.wait()
-        print("stopping", flush=True)
+        workers = [
+            SupervisorWorker(_supervisor_endpoint(server), partitions=args.partitions, lease_ttl_s=args.lease_ttl)
+            for _ in range(args.supervisors)
+        ]
+        print(f"runvisor is up at {url} with {len(workers)} supervisor worker(s); Ctrl-C stops it", flush=True)
+        async with asyncio.TaskGroup() as tg:
+            for worker in workers:
+                tg.create_task(worker.run(stop))
+        print("stopped", flush=True)
+    return 0
+
+
+def _supervisor_endpoint(server: EmbeddedServer | None) -> Endpoint:
+    """The supervisor role's endpoint: from the embedded server, or discovered for NATS_URL."""
+    return server.endpoint("supervisor") if server is not None else Endpoint.discover("supervisor")
+
+
+async def _supervisor(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    worker = SupervisorWorker(
+        worker_id=args.worker_id, partitions=args.partitions, lease_ttl_s=args.lease_ttl, lookback_s=args.lookback
+    )
+    print(f"supervisor {worker.worker_id} starting; Ctrl-C stops it", flush=True)
+    await worker.run(stop)
     return 0
 
 

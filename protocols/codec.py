@@ -45,8 +45,13 @@ def encode(model: BaseModel) -> bytes:
 
 
 def encode_json(model: BaseModel) -> bytes:
-    """Encode a model as compact JSON (status replies, recorded traffic)."""
-    return json.dumps(to_wire(model), separators=(",", ":"), ensure_ascii=False).encode()
+    """Encode a model as compact JSON (status replies, verdicts, recorded traffic)."""
+    return json_bytes(to_wire(model))
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Compact UTF-8 JSON of plain data (e.g. an error report on ``rv.event``)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def from_obj(cls: type[M], obj: Any) -> M:
@@ -157,5 +162,6 @@ __all__ = [
     "encode",
     "encode_json",
     "from_obj",
+    "json_bytes",
     "to_wire",
 ]

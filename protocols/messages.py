@@ -107,6 +107,8 @@ class Command(_Wire):
     issuer: Text = "operator"
     note: Text | None = None
     evidence: Evidence | None = None
+    #: The step that triggered a supervisor's command (for latency and audit); None from people.
+    at_seq: Count | None = None
     ts: Money = Field(default_factory=time.time)
 
     @model_validator(mode="before")

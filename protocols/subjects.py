@@ -5,6 +5,8 @@ Every actor builds names through these functions; no other module spells a subje
 
 from __future__ import annotations
 
+import re
+
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
@@ -92,6 +94,11 @@ def run_id_of(subject: str) -> str:
     return subject.rpartition(".")[2]
 
 
+def kv_subject(bucket: str, key: str) -> str:
+    """The subject a KV put publishes to, for pipelined writes with ``publish_async``."""
+    return f"$KV.{bucket}.{key}"
+
+
 def lease_key(partition: int) -> str:
     return f"p{partition}"
 
@@ -129,6 +136,13 @@ def steps_stream_config(
         # Direct gets let an agent resuming after a crash read its own last step (last_by_subj).
         allow_direct=True,
     )
+
+
+def partitions_in(config: StreamConfig) -> int | None:
+    """The P of ``RV_STEPS``'s ``partition(P,1)`` transform, as the server has it."""
+    dest = config.subject_transform.dest if config.subject_transform else None
+    match = re.search(r"partition\((\d+),", dest or "")
+    return int(match.group(1)) if match else None
 
 
 def control_stream_config(max_age_s: float = 7 * 24 * 3600) -> StreamConfig:

@@ -1,0 +1,151 @@
+"""Partition leases in KV ``rv_leases`` (DESIGN §3): who watches which runs.
+
+Each worker heartbeats a membership key ``m.<worker>`` and holds partitions by key
+``p<N>``: ``create()`` takes a free one, ``update(last=rev)`` renews it (compare-and-set),
+the bucket's TTL expires a dead worker's keys, and every round a worker keeps at most
+``ceil(P / members)`` partitions, releasing extras so newcomers can take them. A lease
+counts as held only while its last renewal is younger than the TTL (minus a margin):
+a worker that cannot renew stops acting on the partition at once, before anyone else
+can have taken it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+
+from protocols import subjects
+
+log = logging.getLogger(__name__)
+
+#: A lease is trusted for this fraction of the TTL after its last renewal.
+VALIDITY = 0.8
+
+PartitionHook = Callable[[int], Awaitable[None]]
+
+
+@dataclass
+class _Held:
+    revision: int
+    renewed_at: float
+
+
+def fair_share(partitions: int, members: int) -> int:
+    """How many partitions one worker should hold."""
+    return math.ceil(partitions / max(1, members))
+
+
+def preference(worker_id: str, partitions: int) -> list[int]:
+    """The order in which a worker tries partitions: rotated by its id, so workers rarely race."""
+    start = zlib.crc32(worker_id.encode()) % partitions
+    return [(start + i) % partitions for i in range(partitions)]
+
+
+class Leases:
+    """One worker's partition leases. Call :meth:`round` every ``ttl_s / 3`` seconds."""
+
+    def __init__(
+        self, kv: KeyValue, worker_id: str, partitions: int, ttl_s: float,
+        on_gain: PartitionHook, on_lose: PartitionHook, clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
+        self.kv = kv
+        self.worker_id = worker_id
+        self.partitions = partitions
+        self.ttl_s = ttl_s
+        self.on_gain = on_gain
+        self.on_lose = on_lose
+        self.clock = clock
+        self._held: dict[int, _Held] = {}
+        self._value = worker_id.encode()
+
+    @property
+    def owned(self) -> list[int]:
+        return sorted(self._held)
+
+    def holds(self, partition: int) -> bool:
+        """True while this worker may act on ``partition`` (its lease is fresh)."""
+        held = self._held.get(partition)
+        return held is not None and self.clock() - held.renewed_at < self.ttl_s * VALIDITY
+
+    async def round(self) -> None:
+        """Heartbeat, renew what is held, give back extras, take free partitions up to the fair share."""
+        await self.kv.put(subjects.member_key(self.worker_id), self._value)
+        await self._renew()
+        target = fair_share(self.partitions, await self._members())
+        before = set(self._held)
+        for partition in self.owned[target:]:
+            await self._release(partition)
+        if len(self._held) < target:
+            await self._acquire(target)
+        if set(self._held) != before:
+            log.info("holding %d partitions %s (fair share %d)", len(self._held), self.owned, target,
+                     extra={"worker": self.worker_id})  # fmt: skip
+
+    async def release_all(self) -> None:
+        """Give every lease back (graceful stop), so others take over without waiting for the TTL."""
+        for partition in self.owned:
+            await self._release(partition)
+        try:
+            await self.kv.delete(subjects.member_key(self.worker_id))
+        except Exception as exc:  # best effort: the TTL expires it anyway
+            log.warning("could not remove membership: %s", exc, extra={"worker": self.worker_id})
+
+    async def _members(self) -> int:
+        try:
+            keys = await self.kv.keys()
+        except NoKeysError:
+            return 1
+        return max(1, sum(1 for key in keys if key.startswith("m.")))
+
+    async def _renew(self) -> None:
+        for partition in self.owned:
+            held = self._held[partition]
+            started = self.clock()
+            try:
+                held.revision = await self.kv.update(subjects.lease_key(partition), self._value, last=held.revision)
+                held.renewed_at = started
+            except KeyWrongLastSequenceError:
+                log.warning("lease lost to another worker", extra={"partition": partition, "worker": self.worker_id})
+                await self._drop(partition)
+            except Exception as exc:
+                # Keep trying until the lease goes stale; holds() already refuses to act on it then.
+                log.warning("lease renewal failed: %s", exc, extra={"partition": partition, "worker": self.worker_id})
+                if not self.holds(partition):
+                    await self._drop(partition)
+
+    async def _acquire(self, target: int) -> None:
+        for partition in preference(self.worker_id, self.partitions):
+            if len(self._held) >= target:
+                return
+            if partition in self._held:
+                continue
+            started = self.clock()
+            try:
+                revision = await self.kv.create(subjects.lease_key(partition), self._value)
+            except KeyWrongLastSequenceError:
+                continue  # held by a live worker
+            self._held[partition] = _Held(revision, started)
+            log.debug("lease taken", extra={"partition": partition, "worker": self.worker_id})
+            await self.on_gain(partition)
+
+    async def _release(self, partition: int) -> None:
+        held = self._held.get(partition)
+        await self._drop(partition)
+        if held is None:
+            return
+        # Already expired or taken by someone else: nothing to give back.
+        with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError, KeyDeletedError):
+            await self.kv.delete(subjects.lease_key(partition), last=held.revision)
+        log.debug("lease released", extra={"partition": partition, "worker": self.worker_id})
+
+    async def _drop(self, partition: int) -> None:
+        if self._held.pop(partition, None) is not None:
+            await self.on_lose(partition)

@@ -1,0 +1,265 @@
+"""The supervisor worker: leases partitions, follows their steps, decides and commands (DESIGN §3, §4).
+
+For each partition it holds, the worker follows ``RV_STEPS`` with an ordered consumer
+that starts ``lookback_s`` back in time, so a new owner rebuilds its runs' windows from
+the stream. Each event goes through the pure :class:`Engine`; verdicts go out as
+``Verdict`` JSON on ``rv.event.<run>`` (for people and dashboards), and a confirmed
+pause or stop as a ``Command`` on ``rv.ctl.<run>`` with a ``Nats-Msg-Id``, so a takeover
+that replays the same events never commands twice. The worker keeps ``rv_runs`` current
+(coalesced: a dirty run is written at most once per ``flush_s``), answers
+``rv.status.<run>`` for the runs it owns, and follows operator commands on ``rv.ctl.*``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from actors.endpoint import Endpoint
+from actors.runtime import Actor
+from actors.supervisor.engine import Engine
+from actors.supervisor.leases import Leases
+from protocols import codec, subjects
+from protocols.codec import DecodeError
+from protocols.messages import Command, RunState, StepEvent, Verdict
+from protocols.policy import Policy
+
+log = logging.getLogger(__name__)
+
+NATS_MSG_ID = "Nats-Msg-Id"
+
+
+class SupervisorWorker(Actor):
+    """One supervisor process; run several side by side and they share the partitions."""
+
+    role = "supervisor"
+
+    def __init__(
+        self, endpoint: Endpoint | None = None, *, nc: Any = None, worker_id: str | None = None,
+        partitions: int | None = None, lease_ttl_s: float | None = None,
+        lookback_s: float = 900.0, idle_s: float = 3600.0, flush_s: float = 0.25, tick_s: float = 1.0,
+        policy: Policy | None = None, clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
+        """Args:
+        endpoint: where to connect (the supervisor role); discovered when None.
+        nc: an existing connection instead.
+        worker_id: this worker's name in ``rv_leases`` (default: a random one).
+        partitions: P; by default read from ``RV_STEPS``'s partition transform, so workers always
+            agree with the stream.
+        lease_ttl_s: lease lifetime; by default the ``rv_leases`` bucket's TTL, which is what
+            actually expires a dead worker's keys. Leases are renewed every third of it.
+        lookback_s: how far back a new owner replays a partition to rebuild windows.
+        idle_s: runs silent this long are evicted from memory (their state stays in ``rv_runs``).
+        flush_s: how often dirty run states are written to ``rv_runs``.
+        tick_s: how often silent stalls are checked.
+        policy: the default policy for runs whose start event carries none.
+        clock: wall clock (seconds), shared with event timestamps.
+        """
+        super().__init__(endpoint, nc=nc, name=f"supervisor-{worker_id or ''}".rstrip("-"))
+        self.worker_id = subjects.check_token(worker_id or uuid.uuid4().hex[:12], "worker id")
+        self.name = f"supervisor-{self.worker_id}"
+        self.partitions = partitions or subjects.DEFAULT_PARTITIONS
+        self._partitions_given = partitions is not None
+        self.lease_ttl_s = lease_ttl_s
+        self.lookback_s = lookback_s
+        self.idle_s = idle_s
+        self.flush_s = flush_s
+        self.tick_s = tick_s
+        self.clock = clock
+        self.engine = Engine(policy)
+        self.processed = 0
+        self.decisions: list[Command] = []
+        self._consumers: dict[int, Subscription] = {}
+        self._dirty: set[str] = set()
+        self._js: JetStreamContext | None = None
+        self._runs_kv: KeyValue | None = None
+        self._leases: Leases | None = None
+
+    @property
+    def leases(self) -> Leases:
+        assert self._leases is not None, "the worker is not started"
+        return self._leases
+
+    def owns(self, run_id: str) -> bool:
+        return self.leases.holds(subjects.partition_of(run_id, self.partitions))
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        self._js = self.nc.jetstream()
+        self._runs_kv = await self._js.key_value(subjects.RUNS_BUCKET)
+        lease_kv = await self._js.key_value(subjects.LEASES_BUCKET)
+        if not self._partitions_given:
+            steps = (await self._js.stream_info(subjects.STEPS_STREAM)).config
+            self.partitions = subjects.partitions_in(steps) or self.partitions
+        if self.lease_ttl_s is None:
+            bucket_ttl = (await self._js.stream_info(f"KV_{subjects.LEASES_BUCKET}")).config.max_age
+            self.lease_ttl_s = bucket_ttl or subjects.DEFAULT_LEASE_TTL_S
+        self._leases = Leases(
+            lease_kv, self.worker_id, self.partitions, self.lease_ttl_s, self._gain, self._lose, time.monotonic
+        )
+        await self.nc.subscribe(subjects.CTL_ALL, cb=self._on_command)
+        await self.nc.subscribe(subjects.STATUS_ALL, cb=self._on_status)
+        await self.leases.round()
+        log.info("supervisor started with partitions %s", self.leases.owned, extra={"worker": self.worker_id})
+
+    def loops(self) -> list[Coroutine[Any, Any, None]]:
+        return [
+            self._every(self.leases.ttl_s / 3, self.leases.round),
+            self._every(self.tick_s, self._tick),
+            self._every(self.flush_s, self._flush),
+        ]
+
+    async def on_stop(self) -> None:
+        await self._flush()
+        await self.leases.release_all()
+        log.info("supervisor stopped; leases released", extra={"worker": self.worker_id})
+
+    async def _every(self, period: float, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        while not self.stopping.is_set():
+            try:
+                await work()
+            except Exception as exc:  # a failed round is retried next period, never fatal
+                log.warning("%s failed: %s", work.__name__, exc, extra={"worker": self.worker_id})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), period)
+
+    # -- partitions --------------------------------------------------------------------
+
+    async def _gain(self, partition: int) -> None:
+        assert self._js is not None
+        start = dt.datetime.fromtimestamp(self.clock() - self.lookback_s, tz=dt.UTC)
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
+        self._consumers[partition] = await self._js.subscribe(
+            subjects.partition_filter(partition), stream=subjects.STEPS_STREAM, ordered_consumer=True,
+            config=config, cb=functools.partial(self._on_step, partition),
+        )  # fmt: skip
+
+    async def _lose(self, partition: int) -> None:
+        sub = self._consumers.pop(partition, None)
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                log.debug("unsubscribe failed: %s", exc, extra={"partition": partition})
+        gone = [run for run in self.engine.windows if subjects.partition_of(run, self.partitions) == partition]
+        self.engine.forget(gone)
+        self._dirty.difference_update(gone)
+
+    # -- events ------------------------------------------------------------------------
+
+    async def _on_step(self, partition: int, msg: Msg) -> None:
+        if not self.leases.holds(partition):
+            return  # the lease went stale: the next owner decides
+        try:
+            event = codec.decode(StepEvent, msg.data)
+        except DecodeError as exc:
+            log.warning("undecodable step on %s: %s", msg.subject, exc, extra={"partition": partition})
+            return
+        self.processed += 1
+        verdicts = self.engine.observe(event, self.clock())
+        self._dirty.add(event.run_id)
+        for verdict in verdicts:
+            await self._decide(verdict)
+
+    async def _tick(self) -> None:
+        now = self.clock()
+        for verdict in self.engine.tick(now):
+            if self.owns(verdict.run_id):
+                await self._decide(verdict)
+        for run_id in self.engine.evict_idle(now, self.idle_s):
+            self._dirty.discard(run_id)
+
+    async def _decide(self, verdict: Verdict) -> None:
+        """Publish a verdict; a confirmed one also commands the run, once."""
+        run_id = verdict.run_id
+        self._dirty.add(run_id)
+        extra = {"run_id": run_id, "reason": verdict.reason, "worker": self.worker_id}
+        await self.nc.publish(
+            subjects.event(run_id), codec.encode_json(verdict), headers={codec.CONTENT_TYPE: codec.JSON}
+        )
+        if verdict.severity == "warn":
+            log.info("warning: %s", verdict.evidence.summary, extra=extra)
+            return
+        if not self.owns(run_id):
+            return
+        command = Command(
+            cmd=verdict.severity, reason=verdict.reason, issuer=f"supervisor:{self.worker_id}",
+            evidence=verdict.evidence, note=verdict.hint or None, at_seq=verdict.at_seq, ts=verdict.ts,
+        )  # fmt: skip
+        # One stop per run ever; a pause once per reason and onset (DESIGN §3: idempotent decisions).
+        msg_id = f"{run_id}:stop" if command.cmd == "stop" else f"{run_id}:pause:{verdict.reason}:{verdict.at_seq}"
+        assert self._js is not None
+        ack = await self._js.publish(
+            subjects.ctl(run_id), codec.encode(command), headers={NATS_MSG_ID: msg_id, **codec.MSGPACK_HEADERS}
+        )
+        if not ack.duplicate:
+            self.decisions.append(command)
+            log.warning("%s: %s", command.cmd, verdict.evidence.summary, extra=extra)
+
+    async def _on_command(self, msg: Msg) -> None:
+        run_id = subjects.run_id_of(msg.subject)
+        try:
+            if not self.owns(run_id):
+                return
+        except ValueError:
+            return
+        content_type = msg.headers.get(codec.CONTENT_TYPE) if msg.headers else None
+        try:
+            command = codec.decode_command(msg.data, content_type)
+        except DecodeError as exc:
+            # DESIGN §8: a clear error on rv.event and in the log; nothing crashes.
+            log.warning("bad command: %s", exc, extra={"run_id": run_id, "worker": self.worker_id})
+            error = {"run_id": run_id, "error": str(exc), "subject": msg.subject}
+            await self.nc.publish(
+                subjects.event(run_id), codec.json_bytes(error), headers={codec.CONTENT_TYPE: codec.JSON}
+            )
+            return
+        self.engine.apply_command(run_id, command, self.clock())
+        self._dirty.add(run_id)
+
+    async def _on_status(self, msg: Msg) -> None:
+        run_id = subjects.run_id_of(msg.subject)
+        try:
+            if not msg.reply or not self.owns(run_id):
+                return  # the owner answers; silence lets the asker fall back to rv_runs
+        except ValueError:
+            return
+        state = await self._state(run_id)
+        await msg.respond(codec.encode_json(state) if state is not None else b"")
+
+    async def _state(self, run_id: str) -> RunState | None:
+        if run_id in self.engine.windows:
+            return self.engine.state(run_id)
+        assert self._runs_kv is not None
+        try:
+            entry = await self._runs_kv.get(run_id)
+        except KeyNotFoundError:
+            return None
+        return codec.decode(RunState, entry.value) if entry.value else None
+
+    async def _flush(self) -> None:
+        """Write dirty run states to ``rv_runs``, pipelined, at most once per ``flush_s`` per run."""
+        if not self._dirty:
+            return
+        assert self._js is not None
+        dirty, self._dirty = self._dirty, set()
+        for run_id in dirty:
+            if run_id in self.engine.windows and self.owns(run_id):
+                state = self.engine.state(run_id)
+                await self._js.publish_async(subjects.kv_subject(subjects.RUNS_BUCKET, run_id), codec.encode(state))
+        await self._js.publish_async_completed()

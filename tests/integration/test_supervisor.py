@@ -1,0 +1,275 @@
+"""Supervisor workers against a real server: detection, decisions, state, leases and failover."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from actors.operator import fetch_state, send_command
+from actors.server import EmbeddedServer, connect, provision
+from actors.supervisor.worker import SupervisorWorker
+from actors.testing import eventually
+from protocols import codec, subjects
+from protocols.messages import Command, RunState, StepEvent
+from protocols.reasons import RunStatus, StopReason
+
+pytestmark = pytest.mark.integration
+
+
+def find_file_loop(run_id: str, first_seq: int, repeats: int) -> Iterator[StepEvent]:
+    """An agent searching again and again for a term that does not exist (DESIGN §4)."""
+    seq = first_seq
+    for i in range(repeats):
+        call = f"c{seq}"
+        yield StepEvent(run_id=run_id, seq=seq, ts=1e9 + seq, kind="llm", tokens_in=900, tokens_out=40, cost_usd=0.001)
+        yield StepEvent(
+            run_id=run_id, seq=seq + 1, ts=1e9 + seq + 1, kind="tool_call", tool="find_file", call_id=call,
+            args={"command": "find_file JsonParser src/"},
+        )  # fmt: skip
+        yield StepEvent(
+            run_id=run_id, seq=seq + 2, ts=1e9 + seq + 2, kind="tool_result", tool="find_file", call_id=call,
+            observation='No matches found for "JsonParser" in /repo/src', ok=True,
+        )  # fmt: skip
+        seq += 3
+        del i
+
+
+async def publish(nc: Client, events: Iterator[StepEvent]) -> list[StepEvent]:
+    js = nc.jetstream()
+    sent = []
+    for event in events:
+        await js.publish(subjects.step(event.run_id), codec.encode(event))
+        sent.append(event)
+    return sent
+
+
+class Watch:
+    """Collects what arrives on a run's control and event subjects."""
+
+    def __init__(self) -> None:
+        self.commands: list[Command] = []
+        self.events: list[dict[str, object]] = []
+
+    async def on_ctl(self, msg: Msg) -> None:
+        self.commands.append(codec.decode_command(msg.data))
+
+    async def on_event(self, msg: Msg) -> None:
+        self.events.append(json.loads(msg.data))
+
+    def stops(self) -> list[Command]:
+        return [c for c in self.commands if c.cmd == "stop"]
+
+
+@pytest_asyncio.fixture
+async def operator(server: EmbeddedServer) -> AsyncIterator[Client]:
+    nc = await connect(server.endpoint("operator"), "t-operator")
+    yield nc
+    await nc.close()
+
+
+@pytest_asyncio.fixture
+async def agent(server: EmbeddedServer) -> AsyncIterator[Client]:
+    nc = await connect(server.endpoint("agent"), "t-agent")
+    yield nc
+    await nc.close()
+
+
+@pytest_asyncio.fixture
+async def worker(server: EmbeddedServer) -> AsyncIterator[SupervisorWorker]:
+    stop = asyncio.Event()
+    w = SupervisorWorker(server.endpoint("supervisor"), worker_id="solo", flush_s=0.05, tick_s=0.1)
+    task = asyncio.create_task(w.run(stop))
+    await eventually(lambda: w._leases is not None and len(w.leases.owned) == w.partitions, what="all leases")
+    yield w
+    stop.set()
+    await asyncio.wait_for(task, 15)
+
+
+async def watch(operator: Client, run_id: str) -> Watch:
+    seen = Watch()
+    await operator.subscribe(subjects.ctl(run_id), cb=seen.on_ctl)
+    await operator.subscribe(subjects.event(run_id), cb=seen.on_event)
+    await operator.flush()
+    return seen
+
+
+async def test_loop_gets_a_warning_then_one_stop_with_evidence(
+    worker: SupervisorWorker, agent: Client, operator: Client, run_id: str
+) -> None:
+    seen = await watch(operator, run_id)
+    sent = await publish(agent, find_file_loop(run_id, 0, repeats=8))
+    stops = await eventually(seen.stops, what="a stop on rv.ctl")
+    await eventually(lambda: worker.processed >= len(sent))
+    assert len(seen.stops()) == 1, "never two stops for one run"
+    stop = stops[0]
+    assert stop.reason is StopReason.LOOP_DETECTED
+    assert stop.issuer == "supervisor:solo"
+    assert stop.evidence is not None
+    assert "find_file" in stop.evidence.summary
+    assert len(stop.evidence.seqs) >= 3
+    assert set(stop.evidence.seqs) <= {e.seq for e in sent}
+    severities = [e["severity"] for e in seen.events if "severity" in e]
+    assert severities[0] == "warn", "a warning verdict comes before the stop"
+    # The live state says why.
+    state = await eventually(lambda: _stopped(operator, run_id), what="STOPPED in rv_runs")
+    assert state.stop_reason is StopReason.LOOP_DETECTED
+
+
+async def _stopped(nc: Client, run_id: str) -> RunState | None:
+    state = await fetch_state(nc, run_id)
+    return state if state is not None and state.status is RunStatus.STOPPED else None
+
+
+async def test_status_request_answers_with_live_counters(
+    worker: SupervisorWorker, agent: Client, operator: Client, run_id: str
+) -> None:
+    await publish(agent, find_file_loop(run_id, 0, repeats=1))
+    await eventually(lambda: run_id in worker.engine.windows)
+    reply = await operator.request(subjects.status(run_id), b"", timeout=5)
+    state = codec.decode_json(RunState, reply.data)
+    assert state.run_id == run_id
+    assert state.status is RunStatus.RUNNING
+    assert state.counters.tokens == 940
+    assert state.counters.tool_calls == 1
+    assert state.current_tool == "find_file" or state.last_kind == "tool_result"
+
+
+async def test_operator_pause_and_kill_update_the_live_state(
+    worker: SupervisorWorker, agent: Client, operator: Client, run_id: str
+) -> None:
+    await publish(agent, find_file_loop(run_id, 0, repeats=1))
+    await eventually(lambda: run_id in worker.engine.windows)
+    await send_command(operator, run_id, Command(cmd="pause"))
+    paused = await eventually(lambda: _with_status(operator, run_id, RunStatus.PAUSED))
+    assert paused.stop_reason is StopReason.USER_PAUSED
+    await operator.publish(subjects.ctl(run_id), b"kill runaway costs")
+    killed = await eventually(lambda: _with_status(operator, run_id, RunStatus.STOPPED))
+    assert killed.stop_reason is StopReason.USER_KILLED
+
+
+async def _with_status(nc: Client, run_id: str, status: RunStatus) -> RunState | None:
+    state = await fetch_state(nc, run_id)
+    return state if state is not None and state.status is status else None
+
+
+async def test_malformed_command_is_reported_on_rv_event(
+    worker: SupervisorWorker, agent: Client, operator: Client, run_id: str
+) -> None:
+    await publish(agent, find_file_loop(run_id, 0, repeats=1))
+    await eventually(lambda: run_id in worker.engine.windows)
+    seen = await watch(operator, run_id)
+    await operator.publish(subjects.ctl(run_id), b"paws please")
+    errors = await eventually(lambda: [e for e in seen.events if "error" in e])
+    assert "unknown command 'paws'" in str(errors[0]["error"])
+
+
+async def test_worker_that_loses_its_lease_stops_deciding(
+    worker: SupervisorWorker, agent: Client, operator: Client, admin: Client, run_id: str
+) -> None:
+    # Given a worker that owns the run's partition, when another party takes the lease,
+    partition = subjects.partition_of(run_id, worker.partitions)
+    kv = await admin.jetstream().key_value(subjects.LEASES_BUCKET)
+    await kv.put(subjects.lease_key(partition), b"thief")
+    await eventually(lambda: not worker.leases.holds(partition), what="the worker to notice the lost lease")
+    # then it neither follows the partition nor commands its runs.
+    seen = await watch(operator, run_id)
+    await publish(agent, find_file_loop(run_id, 0, repeats=8))
+    candidates = (f"{run_id}-s{i}" for i in range(1000))
+    sentinel = next(c for c in candidates if subjects.partition_of(c, worker.partitions) != partition)
+    await publish(agent, find_file_loop(sentinel, 0, repeats=1))
+    await eventually(lambda: sentinel in worker.engine.windows, what="a later event elsewhere processed")
+    assert run_id not in worker.engine.windows
+    assert seen.commands == []
+    await kv.delete(subjects.lease_key(partition))  # let the worker take it back for later tests
+    await eventually(lambda: worker.leases.holds(partition), timeout=15)
+
+
+# --- several worker processes -----------------------------------------------------------
+
+
+async def _spawn_worker(server: EmbeddedServer, worker_id: str) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "NATS_URL": server.url,
+        "RV_SUPERVISOR_PASSWORD": server.credentials.passwords["supervisor"],
+        "RUNVISOR_LOG": "WARNING",
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "actors.cli", "supervisor", "--id", worker_id, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def _owners(nc: Client) -> dict[int, str]:
+    kv = await nc.jetstream().key_value(subjects.LEASES_BUCKET)
+    owners = {}
+    for p in range(subjects.DEFAULT_PARTITIONS):
+        try:
+            entry = await kv.get(subjects.lease_key(p))
+        except Exception:
+            continue
+        if entry.value:
+            owners[p] = entry.value.decode()
+    return owners
+
+
+async def test_kill_9_a_worker_and_its_partitions_and_loops_are_taken_over(fresh_server: EmbeddedServer) -> None:
+    ttl = 2.0
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin, lease_ttl_s=ttl)
+    procs = {wid: await _spawn_worker(fresh_server, wid) for wid in ("w1", "w2", "w3")}
+    try:
+        # Given three workers sharing the partitions about evenly,
+        async def balanced() -> dict[int, str] | None:
+            owners = await _owners(admin)
+            counts = [list(owners.values()).count(w) for w in procs]
+            return owners if len(owners) == subjects.DEFAULT_PARTITIONS and max(counts) <= 11 else None
+
+        owners = await eventually(balanced, timeout=30, what="32 partitions shared by 3 workers")
+        victim = owners[0]
+        run_id = next(f"loop-{i}" for i in range(10_000) if owners[subjects.partition_of(f"loop-{i}")] == victim)
+        ctl_seen = Watch()
+        await admin.subscribe(subjects.ctl(run_id), cb=ctl_seen.on_ctl)
+        # and a loop already under way on one of the victim's runs (two repeats: below the threshold),
+        before = await publish(admin, find_file_loop(run_id, 0, repeats=2))
+        # when the victim is killed with SIGKILL mid-traffic,
+        procs[victim].send_signal(signal.SIGKILL)
+        await procs[victim].wait()
+        victims = [p for p, w in owners.items() if w == victim]
+
+        async def taken_over() -> bool:
+            now = await _owners(admin)
+            return all(now.get(p) not in (None, victim) for p in victims)
+
+        # then its partitions are owned again within two lease TTLs (plus one renewal round of slack),
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await eventually(taken_over, timeout=2 * ttl + ttl / 3 + 2, what="the victim's partitions re-owned")
+        took = loop.time() - started
+        # and the loop is still detected: the new owner rebuilt the window from the stream.
+        await publish(admin, find_file_loop(run_id, 6, repeats=3))
+        stops = await eventually(ctl_seen.stops, timeout=15, what="the new owner's stop")
+        assert stops[0].reason is StopReason.LOOP_DETECTED
+        assert stops[0].evidence is not None
+        assert min(stops[0].evidence.seqs) < before[-1].seq, "evidence reaches back before the crash"
+        assert took <= 2 * ttl + ttl / 3 + 2
+    finally:
+        for proc in procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        await admin.close()

@@ -1,0 +1,268 @@
+"""The Engine: grading, run lifecycle, stalls, state, and a slice of the real dev traces."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.supervisor import Engine
+from protocols.codec import from_obj
+from protocols.messages import Command, StepEvent, Verdict
+from protocols.policy import Policy
+from protocols.reasons import RunStatus, StopReason
+
+TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "traces"
+
+
+class Feed:
+    """Feeds one run's events to an engine on a clock that advances one second per event."""
+
+    def __init__(self, engine: Engine, run_id: str = "run-1") -> None:
+        self.engine = engine
+        self.run_id = run_id
+        self.seq = 0
+        self.now = 1_700_000_000.0
+        self.verdicts: list[Verdict] = []
+
+    def event(self, kind: str, **fields: Any) -> list[Verdict]:
+        self.seq += 1
+        self.now += 1.0
+        event = StepEvent.model_validate(
+            {"run_id": self.run_id, "seq": self.seq, "ts": self.now, "kind": kind, **fields}
+        )
+        out = self.engine.observe(event, self.now)
+        self.verdicts.extend(out)
+        return out
+
+    def act(self, command: str, observation: str, ok: bool = True) -> list[Verdict]:
+        call_id = f"c{self.seq + 1}"
+        tool = command.split(maxsplit=1)[0]
+        self.event("tool_call", tool=tool, call_id=call_id, args={"command": command})
+        return self.event("tool_result", tool=tool, call_id=call_id, observation=observation, ok=ok)
+
+    def severities(self) -> list[str]:
+        return [v.severity for v in self.verdicts]
+
+
+def test_a_repeat_warns_then_stops() -> None:
+    feed = Feed(Engine())
+    feed.act("find_file JsonParser", "No matches found")
+    assert feed.act("find_file JsonParser", "No matches found")[0].severity == "warn"
+    stop = feed.act("find_file JsonParser", "No matches found")
+    assert [v.severity for v in stop] == ["stop"]
+    assert stop[0].reason is StopReason.LOOP_DETECTED
+    assert stop[0].at_seq == feed.seq
+    assert len(stop[0].evidence.seqs) == 3
+    assert stop[0].hint
+
+
+def test_never_two_stops_for_one_run() -> None:
+    feed = Feed(Engine())
+    for _ in range(10):
+        feed.act("find_file JsonParser", "No matches found")
+    assert feed.severities().count("stop") == 1
+    assert feed.engine.state("run-1").status is RunStatus.STOPPED
+    assert feed.engine.state("run-1").stop_reason is StopReason.LOOP_DETECTED
+
+
+def test_without_warn_first_the_threshold_acts_at_once() -> None:
+    feed = Feed(Engine(Policy(warn_first=False)))
+    for _ in range(3):
+        feed.act("find_file JsonParser", "No matches found")
+    assert feed.severities() == ["stop"]
+
+
+def test_a_finding_without_an_early_warning_warns_before_acting() -> None:
+    # A budget jumping past its limit in one event has no "one step short" stage.
+    feed = Feed(Engine())
+    feed.event("start", task="t", policy={"max_steps": 2})
+    feed.act("ls", "a")
+    feed.act("ls b", "b")
+    feed.act("ls c", "c")
+    feed.act("ls d", "d")
+    assert feed.severities()[-1] == "stop"
+    assert feed.verdicts[-1].reason is StopReason.BUDGET_EXCEEDED
+    assert "steps budget exceeded" in feed.verdicts[-1].evidence.summary
+    assert "warn" in feed.severities()[:-1]
+
+
+def test_the_start_events_policy_is_used() -> None:
+    engine = Engine(Policy())
+    feed = Feed(engine)
+    feed.event("start", task="fix the parser", policy={"max_tokens": 100, "warn_first": False})
+    feed.event("llm", tokens_in=150)
+    assert [(v.reason, v.severity) for v in feed.verdicts] == [(StopReason.BUDGET_EXCEEDED, "stop")]
+    other = Feed(engine, "run-2")
+    other.event("llm", tokens_in=150)
+    assert other.verdicts == []
+
+
+def test_traffic_that_begins_mid_run_is_judged() -> None:
+    # No start, no tool_call: results alone still form actions.
+    feed = Feed(Engine())
+    for _ in range(3):
+        feed.event("tool_result", tool="search", call_id="x", observation="No results for 'JsonParser'", ok=True)
+    assert feed.severities() == ["warn", "stop"]
+    assert feed.engine.state("run-1").counters.tool_calls == 3
+
+
+def test_final_ends_the_run() -> None:
+    feed = Feed(Engine())
+    feed.act("ls", "a")
+    feed.event("final", observation="diff --git a/x b/x")
+    assert feed.engine.state("run-1").status is RunStatus.COMPLETED
+    for _ in range(4):
+        feed.act("find_file JsonParser", "No matches found")
+    assert feed.verdicts == []
+    assert feed.engine.tick(feed.now + 10_000) == []
+
+
+def test_a_pause_is_issued_once_per_reason() -> None:
+    policy = Policy(no_progress_steps=5)
+    feed = Feed(Engine(policy))
+    feed.act("cat a", "alpha")
+    for i in range(12):
+        feed.act(f"cat a --try {i}", "alpha")
+    progress = [v.severity for v in feed.verdicts if v.reason is StopReason.NO_PROGRESS]
+    assert progress == ["warn", "pause"]
+
+
+def test_tick_finds_a_silent_run_then_confirms() -> None:
+    engine = Engine()
+    feed = Feed(engine)
+    feed.act("ls", "a")
+    assert engine.tick(feed.now + 10) == []
+    first = engine.tick(feed.now + 300)
+    assert [(v.reason, v.severity) for v in first] == [(StopReason.TIMEOUT, "warn")]
+    assert engine.tick(feed.now + 301) == []
+    second = engine.tick(feed.now + 300 + 120)
+    assert [(v.reason, v.severity) for v in second] == [(StopReason.TIMEOUT, "pause")]
+    assert engine.state("run-1").status is RunStatus.PAUSED
+
+
+def test_tick_finds_a_tool_call_without_result() -> None:
+    engine = Engine()
+    feed = Feed(engine)
+    feed.event("tool_call", tool="pytest", call_id="slow", args={"command": "pytest -x"})
+    assert engine.state("run-1").current_tool == "pytest"
+    verdicts = engine.tick(feed.now + 120)
+    assert verdicts
+    assert verdicts[0].reason is StopReason.TIMEOUT
+    assert "no result" in verdicts[0].evidence.summary
+
+
+def test_activity_pushes_the_stall_deadline_back() -> None:
+    engine = Engine()
+    feed = Feed(engine)
+    feed.act("ls", "a")
+    start = feed.now
+    feed.now = start + 200
+    feed.act("ls b", "b")
+    assert engine.tick(start + 310) == []
+    assert engine.tick(feed.now + 300) != []
+
+
+def test_evict_idle_forgets_runs() -> None:
+    engine = Engine()
+    Feed(engine, "old").act("ls", "a")
+    fresh = Feed(engine, "fresh")
+    fresh.now += 1_000
+    fresh.act("ls", "a")
+    assert engine.evict_idle(fresh.now, 500) == ["old"]
+    assert set(engine.windows) == {"fresh"}
+    assert engine.state("old").status is RunStatus.RUNNING  # unknown runs read as a bare state
+
+
+def test_state_carries_the_counters() -> None:
+    feed = Feed(Engine())
+    feed.event("start", task="fix the parser", agent="mini")
+    feed.event("llm", tokens_in=100, tokens_out=20, cost_usd=0.01, progress=0.3)
+    feed.act("pytest -q", "1 failed", ok=False)
+    feed.act("pytest -q", "1 failed", ok=False)
+    state = feed.engine.state("run-1")
+    assert state.task == "fix the parser"
+    assert state.agent == "mini"
+    assert state.counters.tokens == 120
+    assert state.counters.cost_usd == pytest.approx(0.01)
+    assert state.counters.tool_calls == 2
+    assert state.counters.errors == 2
+    assert state.counters.retries == 1
+    assert state.progress == 0.3
+    assert state.last_seq == feed.seq
+
+
+def test_a_new_start_after_a_stop_begins_a_new_window() -> None:
+    feed = Feed(Engine())
+    for _ in range(4):
+        feed.act("find_file JsonParser", "No matches found")
+    feed.event("start", task="again")
+    assert feed.engine.state("run-1").status is RunStatus.RUNNING
+
+
+def test_commands_are_reflected_in_the_state() -> None:
+    engine = Engine()
+    feed = Feed(engine)
+    feed.act("ls", "a")
+    engine.apply_command("run-1", Command(cmd="pause"), feed.now)
+    assert engine.state("run-1").status is RunStatus.PAUSED
+    assert engine.tick(feed.now + 10_000) == []  # a paused run is not stalled
+    engine.apply_command("run-1", Command(cmd="resume"), feed.now + 10_000)
+    assert engine.state("run-1").status is RunStatus.RUNNING
+    engine.apply_command("run-1", Command(cmd="kill"), feed.now + 10_001)
+    engine.apply_command("run-1", Command(cmd="resume"), feed.now + 10_002)
+    state = engine.state("run-1")
+    assert state.status is RunStatus.STOPPED
+    assert state.stop_reason is StopReason.USER_KILLED
+
+
+def test_forget_drops_runs() -> None:
+    engine = Engine()
+    Feed(engine, "a").act("ls", "x")
+    Feed(engine, "b").act("ls", "x")
+    engine.forget(["a"])
+    assert set(engine.windows) == {"b"}
+    assert engine.tick(1e12) != []  # only b's timer remains, and it fires
+
+
+# ---------------------------------------------------------------- real traces
+
+
+def _slice(labels_wanted: dict[str, int]) -> tuple[dict[str, str], dict[str, list[dict[str, Any]]]]:
+    labels: dict[str, str] = {}
+    taken: dict[str, int] = defaultdict(int)
+    with (TRACES / "dev.labels.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            label = row["label"]
+            if taken[label] < labels_wanted.get(label, 0):
+                taken[label] += 1
+                labels[row["run_id"]] = label
+    events: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    with (TRACES / "dev.steps.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            if row["run_id"] in labels:
+                events[row["run_id"]].append(row)
+    return labels, events
+
+
+@pytest.mark.skipif(not (TRACES / "dev.steps.jsonl").exists(), reason=f"dev traces not found at {TRACES}")
+def test_real_loop_runs_are_caught_and_healthy_runs_are_not() -> None:
+    labels, events = _slice({"loop": 4, "healthy": 25})
+    engine = Engine()
+    acted: set[str] = set()
+    for _run_id, rows in events.items():
+        for row in rows:
+            event = from_obj(StepEvent, row)
+            for verdict in [*engine.tick(event.ts), *engine.observe(event, event.ts)]:
+                if verdict.severity != "warn":
+                    acted.add(verdict.run_id)
+    loops = {r for r, label in labels.items() if label == "loop"}
+    healthy = {r for r, label in labels.items() if label == "healthy"}
+    assert len(loops) == 4
+    assert loops <= acted
+    assert not (healthy & acted)

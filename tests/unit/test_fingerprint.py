@@ -1,0 +1,103 @@
+"""Normalization, digests and SimHash of actions and observations."""
+
+from __future__ import annotations
+
+from hashlib import blake2b
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors.supervisor import action_digest, hamming, normalize, normalize_loose, observation_digest, simhash
+from actors.supervisor.fingerprint import digest, observation_fingerprint
+
+_VOLATILE = st.text(alphabet="0123456789abcdefx:-./ tmpline\n\tTZ", max_size=80)
+
+
+def test_normalize_masks_volatile_parts() -> None:
+    text = (
+        "at 0x7ffde12a at 2024-01-02T10:11:12Z took 3.5s in /tmp/tmpab12cd/x.py line 42, "
+        "id 550e8400-e29b-41d4-a716-446655440000 commit 3f9a2c1d"
+    )
+    out = normalize(text)
+    for volatile in ("0x7ffde12a", "2024-01-02", "3.5s", "/tmp/tmpab12cd", "42", "550e8400", "3f9a2c1d"):
+        assert volatile not in out
+    assert "<hex>" in out
+    assert "<ts>" in out
+    assert "<dur>" in out
+    assert "<tmp>" in out
+    assert "<uuid>" in out
+
+
+def test_normalize_keeps_ordinary_numbers() -> None:
+    # "3 failed" and "2 failed" are different outcomes; only the loose form masks them.
+    assert normalize("3 failed, 5 passed") != normalize("2 failed, 6 passed")
+    assert normalize_loose("3 failed, 5 passed") == normalize_loose("2 failed, 6 passed")
+
+
+def test_normalize_collapses_whitespace() -> None:
+    assert normalize("  a \n\n b\t c  ") == "a b c"
+
+
+def test_long_text_changes_anywhere_change_the_digest() -> None:
+    base = "x " * 5000
+    changed = base[:4000] + "y" + base[4001:]
+    assert observation_digest(base) != observation_digest(changed)
+
+
+@given(_VOLATILE)
+def test_normalize_is_idempotent(text: str) -> None:
+    once = normalize(text)
+    assert normalize(once) == once
+
+
+@given(st.text(max_size=200))
+def test_normalize_loose_is_idempotent(text: str) -> None:
+    once = normalize_loose(text)
+    assert normalize_loose(once) == once
+
+
+def test_digest_is_blake2b_and_stable_across_processes() -> None:
+    expected = int.from_bytes(blake2b(b"hello", digest_size=8).digest(), "little")
+    assert digest("hello") == expected
+
+
+def test_action_digest_ignores_volatile_args_only() -> None:
+    a = action_digest("bash", {"command": "cat /tmp/tmpa1b2c3/log.txt"})
+    b = action_digest("bash", {"command": "cat /tmp/tmpzz9y8x/log.txt"})
+    c = action_digest("bash", {"command": "sed -n '1,50p' f.py"})
+    d = action_digest("bash", {"command": "sed -n '51,100p' f.py"})
+    assert a == b
+    assert c != d  # paging is a different action each time
+
+
+def test_action_digest_is_independent_of_key_order() -> None:
+    assert action_digest("t", {"a": 1, "b": 2}) == action_digest("t", {"b": 2, "a": 1})
+
+
+def test_simhash_equal_when_only_numbers_differ() -> None:
+    one = "File edited. The file now has 120 lines. Lines 98-104 were changed. " * 5
+    two = "File edited. The file now has 127 lines. Lines 105-111 were changed. " * 5
+    assert hamming(simhash(one), simhash(two)) == 0
+
+
+def test_simhash_far_for_different_texts() -> None:
+    one = "Traceback (most recent call last): File foo.py in bar ValueError: bad input for parser"
+    two = "collected 12 items tests/test_parser.py ............ all passed without warnings today"
+    assert hamming(simhash(one), simhash(two)) > 8
+
+
+def test_simhash_close_for_small_edits() -> None:
+    words = [f"token{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}" for i in range(150)]
+    one = " ".join(words)
+    two = " ".join([*words[:75], "changed", *words[76:]])
+    assert hamming(simhash(one), simhash(two)) <= 8
+
+
+def test_observation_fingerprint_matches_parts() -> None:
+    text = "No matches found for JsonParser in /repo"
+    assert observation_fingerprint(text) == (observation_digest(text), simhash(text))
+
+
+def test_empty_observation_has_zero_simhash() -> None:
+    assert simhash("") == 0
+    assert observation_digest(None) == observation_digest("")
