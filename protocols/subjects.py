@@ -37,6 +37,7 @@ CTL_ALL = f"{PREFIX}.ctl.*"
 TOOL_ALL = f"{PREFIX}.tool.*"
 EVENT_ALL = f"{PREFIX}.event.*"
 STATUS_ALL = f"{PREFIX}.status.*"
+STATS_ALL = f"{PREFIX}.stats.*"
 
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
@@ -60,6 +61,11 @@ def event(run_id: str) -> str:
 def status(run_id: str) -> str:
     """Request-reply subject answered with the run's ``RunState`` as JSON."""
     return f"{PREFIX}.status.{check_run_id(run_id)}"
+
+
+def stats(worker_id: str) -> str:
+    """Where a supervisor worker reports its throughput (JSON), for operators and the bench."""
+    return f"{PREFIX}.stats.{check_token(worker_id, 'worker id')}"
 
 
 def tool(name: str) -> str:

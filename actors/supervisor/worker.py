@@ -82,6 +82,9 @@ class SupervisorWorker(Actor):
         self.clock = clock
         self.engine = Engine(policy)
         self.processed = 0
+        self.first_at: float | None = None  # wall clock of the first and latest processed event
+        self.last_at = 0.0
+        self._reported = 0
         self.decisions: list[Command] = []
         self._consumers: dict[int, Subscription] = {}
         self._dirty: set[str] = set()
@@ -171,6 +174,9 @@ class SupervisorWorker(Actor):
             log.warning("undecodable step on %s: %s", msg.subject, exc, extra={"partition": partition})
             return
         self.processed += 1
+        self.last_at = time.time()
+        if self.first_at is None:
+            self.first_at = self.last_at
         verdicts = self.engine.observe(event, self.clock())
         self._dirty.add(event.run_id)
         for verdict in verdicts:
@@ -254,6 +260,7 @@ class SupervisorWorker(Actor):
 
     async def _flush(self) -> None:
         """Write dirty run states to ``rv_runs``, pipelined, at most once per ``flush_s`` per run."""
+        await self._report()
         if not self._dirty:
             return
         assert self._js is not None
@@ -263,3 +270,14 @@ class SupervisorWorker(Actor):
                 state = self.engine.state(run_id)
                 await self._js.publish_async(subjects.kv_subject(subjects.RUNS_BUCKET, run_id), codec.encode(state))
         await self._js.publish_async_completed()
+
+    async def _report(self) -> None:
+        """Publish throughput on ``rv.stats.<worker>`` when it changed (operators, the bench)."""
+        if self.processed == self._reported:
+            return
+        self._reported = self.processed
+        stats = {
+            "worker": self.worker_id, "processed": self.processed, "first_at": self.first_at,
+            "last_at": self.last_at, "runs": len(self.engine.windows), "partitions": self.leases.owned,
+        }  # fmt: skip
+        await self.nc.publish(subjects.stats(self.worker_id), codec.json_bytes(stats))
