@@ -1,0 +1,504 @@
+"""The agent side of runvisor: the ``Run`` handle an agent developer adds to an agent (DESIGN §6).
+
+    async with Run.start(goal="fix the parser", policy=Policy(max_steps=200), agent="my-agent") as run:
+        await run.llm(tokens_in=1200, tokens_out=80, cost_usd=0.004)
+        result = await run.call_tool("search", {"q": "JsonParser"}, timeout=30)
+        run.state["notes"] = [result.observation]
+
+Every method is a *step boundary*: it first obeys the commands that arrived (waits out a
+pause, raises :class:`RunKilled` or :class:`RunStopped`), then publishes one ``StepEvent``.
+Step events go out with ``publish_async``; their acks are awaited at checkpoints and at the
+end, so a step costs one encode and one publish.
+
+Decisions worth knowing:
+
+- Commands arrive on a core subscription, and the last one stored in ``RV_CONTROL`` is read
+  back on start, resume and reconnect. The latest command is the run's *desired state*
+  (``_agent_commands.Controls``), so seeing one command both ways is harmless.
+- Kill interrupts at once: a pending tool call waits on its reply *or* the kill, whichever
+  comes first. Pause and stop take effect at the next boundary, so a call in flight finishes
+  and its result is recorded before the run holds or ends.
+- Checkpoints are compare-and-set updates of the KV revision this process last wrote: if a
+  second process resumes the same run, the first is fenced off with a :class:`RunError` at its
+  next checkpoint instead of both acting as the run.
+- One external action at a time: a ``Checkpoint`` holds one ``Intent``, so concurrent
+  ``call_tool`` calls on one run are serialized.
+- An exception in the agent's own code marks the run STOPPED/AGENT_CRASHED, which (as the
+  recovery hint of DESIGN §5 says) may be resumed; killed, otherwise stopped and completed
+  runs may not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, NoReturn, Self
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from actors import _agent_limits as limits
+from actors import _agent_store as store
+from actors._agent_calls import request_tool
+from actors._agent_commands import Controls, describe, stop_reason
+from actors._agent_errors import RunError, RunKilled, RunNotFound, RunNotResumable, RunStopped
+from actors._agent_steps import StepStream
+from actors.endpoint import Endpoint
+from actors.runtime import Actor
+from protocols import codec, subjects
+from protocols.messages import (
+    MAX_ARGS_CHARS,
+    MAX_OBSERVATION_CHARS,
+    Checkpoint,
+    Command,
+    Intent,
+    Policy,
+    ToolRequest,
+    ToolResult,
+    check_run_id,
+)
+from protocols.reasons import RunStatus, StopReason
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_S = 5.0
+Clock = Callable[[], float]
+
+
+class Run(Actor):
+    """One run of an agent: publishes its steps, keeps its checkpoint, calls tools, obeys commands.
+
+    Create it with :meth:`start` or :meth:`resume` and use it as ``async with``.
+    """
+
+    role = "agent"
+
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        goal: str | None = None,
+        policy: Policy | None = None,
+        agent: str | None = None,
+        resuming: bool = False,
+        endpoint: Endpoint | None = None,
+        nc: Client | None = None,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        clock: Clock = time.time,
+    ) -> None:
+        """Args:
+        run_id: the run's id, one subject token.
+        goal: the task, published in the ``start`` event (read from the checkpoint on resume).
+        policy: the run's supervision policy, published in the ``start`` event.
+        agent: the agent's name, shown to operators.
+        resuming: continue an existing run from its checkpoint instead of starting one.
+        endpoint: where to connect as the agent role; discovered when None.
+        nc: an existing connection to use instead (left open on exit).
+        heartbeat_s: interval of heartbeats while a tool call is pending or the run is paused.
+        clock: the wall clock stamped on events and checkpoints.
+        """
+        super().__init__(endpoint, nc=nc, name=f"runvisor-agent-{check_run_id(run_id)}")
+        self.run_id = run_id
+        self.goal = limits.clip(goal, MAX_OBSERVATION_CHARS)
+        self.policy = policy
+        self.agent = limits.clip_text(agent)
+        self.heartbeat_s = heartbeat_s
+        #: The agent's own resumable state: JSON-able values, saved with every checkpoint.
+        self.state: dict[str, Any] = {}
+        #: The call that was in flight when the run was last checkpointed, or None.
+        self.open_intent: Intent | None = None
+        self._resuming = resuming
+        self._clock = clock
+        self._controls = Controls()
+        self._changed = asyncio.Event()
+        self._killed = asyncio.Event()
+        self._ended: RunError | None = None
+        self._intent: Intent | None = None
+        self._open_args: dict[str, Any] | None = None
+        self._call_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sub: Subscription | None = None
+        self._store: store.CheckpointStore | None = None
+        self._stream: StepStream | None = None
+
+    @classmethod
+    def start(
+        cls,
+        goal: str,
+        policy: Policy | None = None,
+        run_id: str | None = None,
+        *,
+        agent: str | None = None,
+        endpoint: Endpoint | None = None,
+        nc: Client | None = None,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        clock: Clock = time.time,
+    ) -> Self:
+        """A new run, to be entered with ``async with``; ``run_id`` is a uuid4 hex when None."""
+        return cls(
+            run_id or uuid.uuid4().hex, goal=goal, policy=policy, agent=agent, endpoint=endpoint, nc=nc,
+            heartbeat_s=heartbeat_s, clock=clock,
+        )  # fmt: skip
+
+    @classmethod
+    def resume(
+        cls,
+        run_id: str,
+        *,
+        agent: str | None = None,
+        endpoint: Endpoint | None = None,
+        nc: Client | None = None,
+        heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        clock: Clock = time.time,
+    ) -> Self:
+        """An existing run continued from its checkpoint (e.g. in a new process after a crash).
+
+        Entering it raises :class:`RunNotFound` without a checkpoint and
+        :class:`RunNotResumable` for a killed, stopped or completed run.
+        """
+        return cls(run_id, agent=agent, resuming=True, endpoint=endpoint, nc=nc, heartbeat_s=heartbeat_s, clock=clock)
+
+    @property
+    def last_command(self) -> Command | None:
+        """The last command this run applied (pause, resume, kill or stop), if any."""
+        return self._controls.last
+
+    @property
+    def paused(self) -> bool:
+        """Whether a pause is in force (the run holds at its next step boundary)."""
+        return self._controls.pause is not None
+
+    @property
+    def seq(self) -> int:
+        """The seq of the last step event this run published (or reserved)."""
+        return self._stream.seq if self._stream is not None else 0
+
+    # -- what the agent calls ----------------------------------------------------------
+
+    async def llm(
+        self,
+        tokens_in: int | None = None,
+        tokens_out: int | None = None,
+        cost_usd: float | None = None,
+        text: str | None = None,
+    ) -> int:
+        """Report one model call and what it cost; returns the step's seq."""
+        await self._boundary()
+        return await self._steps.publish(
+            "llm", tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost_usd, observation=_obs(text)
+        )
+
+    async def message(self, text: str) -> int:
+        """Report a message (a thought, a reply to the user); returns the step's seq."""
+        await self._boundary()
+        return await self._steps.publish("message", observation=_obs(text))
+
+    async def progress(self, value: float, note: str | None = None) -> int:
+        """Report progress towards the goal (0..1 by convention); returns the step's seq."""
+        await self._boundary()
+        return await self._steps.publish("message", progress=value, observation=_obs(note))
+
+    async def heartbeat(self) -> int:
+        """Say the agent is alive during long work that reports nothing else."""
+        await self._boundary()
+        return await self._steps.publish("heartbeat")
+
+    async def checkpoint(self) -> None:
+        """Save ``run.state`` now (it is also saved before every tool call)."""
+        await self._boundary()
+        await self._save()
+
+    async def call_tool(
+        self, name: str, args: dict[str, Any] | None = None, *, timeout: float = 30.0, call_id: str | None = None
+    ) -> ToolResult:
+        """Call a tool through its executors, checkpointing the intent first (DESIGN §6).
+
+        Failures of the call itself (no executor, timeout, a bad reply, arguments too large)
+        come back as a ``ToolResult`` with ``ok=False``; only the run's own end raises.
+        """
+        subjects.check_token(name, "tool name")
+        call_id = call_id or uuid.uuid4().hex[:16]
+        async with self._call_lock:
+            await self._boundary()
+            intent = Intent(
+                tool=name, call_id=call_id, args_digest=limits.args_digest(args),
+                idempotency_key=f"{self.run_id}:{call_id}", opened_at=self._clock(),
+            )  # fmt: skip
+            return await self._call(intent, args, timeout)
+
+    async def retry_open_intent(self, timeout: float = 30.0) -> ToolResult:
+        """Re-issue the call that was in flight at the crash, with the same idempotency key,
+        so an executor that already ran it returns the recorded result instead of running it again.
+        """
+        async with self._call_lock:
+            intent = self.open_intent
+            if intent is None:
+                raise RunError(f"run {self.run_id} has no open intent to retry")
+            if limits.args_digest(self._open_args) != intent.args_digest:
+                raise RunError(f"run {self.run_id}: the checkpoint lost the arguments of call {intent.call_id}")
+            await self._boundary()
+            again = intent.model_copy(update={"attempt": intent.attempt + 1, "opened_at": self._clock()})
+            return await self._call(again, self._open_args, timeout)
+
+    # -- tool calls --------------------------------------------------------------------
+
+    async def _call(self, intent: Intent, args: dict[str, Any] | None, timeout: float) -> ToolResult:
+        seq = self._steps.reserve()
+        call: dict[str, Any] = {"tool": intent.tool, "call_id": intent.call_id}
+        if not limits.fits(args):
+            # Nothing external happens, so no intent: the supervisor still sees the attempt.
+            await self._steps.publish("tool_call", seq=seq, args=limits.step_args(args), **call)
+            refused = ToolResult(
+                call_id=intent.call_id, ok=False, attempts=0, error_type="ArgsTooLarge",
+                error=f"arguments exceed {MAX_ARGS_CHARS} characters; pass a reference (a path, an id) instead",
+            )  # fmt: skip
+            await self._publish_result(intent, refused)
+            return refused
+        self._intent, self._open_args, self.open_intent = intent, args, intent
+        await self._save()  # before the external action: after a crash it says what was in flight
+        await self._steps.publish("tool_call", seq=seq, args=args, **call)
+        request = ToolRequest(
+            run_id=self.run_id, call_id=intent.call_id, tool=intent.tool, args=args,
+            idempotency_key=intent.idempotency_key, seq=seq, timeout_s=timeout,
+        )  # fmt: skip
+        result = await request_tool(
+            self.nc, request, killed=self._killed, heartbeat_s=self.heartbeat_s,
+            heartbeat=lambda: self._steps.publish("heartbeat", **call),
+        )  # fmt: skip
+        if result is None:  # killed while the call was pending: do not wait for the tool
+            terminal = self._controls.terminal
+            assert terminal is not None  # the kill event is set only with a terminal command
+            cancelled = "Cancelled: the run was killed while the call was pending"
+            await self._steps.publish("tool_result", ok=False, error=cancelled, **call)
+            await self._end(terminal)
+        await self._publish_result(intent, result)
+        self._intent, self._open_args, self.open_intent = intent.model_copy(update={"state": "done"}), None, None
+        await self._save()
+        return result
+
+    async def _publish_result(self, intent: Intent, result: ToolResult) -> None:
+        error = result.error
+        if result.error_type and not result.ok:
+            error = f"{result.error_type}: {error}" if error else result.error_type
+        await self._steps.publish(
+            "tool_result", tool=intent.tool, call_id=intent.call_id, ok=result.ok, observation=result.observation,
+            error=limits.clip(error, MAX_OBSERVATION_CHARS),
+        )  # fmt: skip
+
+    # -- commands ----------------------------------------------------------------------
+
+    async def _boundary(self) -> None:
+        """Obey the commands that arrived since the last step: end, or hold while paused."""
+        if self._ended is not None:
+            raise self._ended
+        if self._controls.terminal is not None:
+            await self._end(self._controls.terminal)
+        if self._controls.pause is not None:
+            await self._hold()
+
+    async def _hold(self) -> None:
+        pause = self._controls.pause
+        assert pause is not None
+        await self._save(RunStatus.PAUSED, pause.reason or StopReason.USER_PAUSED)
+        await self._steps.publish("heartbeat", observation=f"paused: {describe(pause)}")
+        log.info("run paused: %s", describe(pause), extra={"run_id": self.run_id, "reason": pause.reason})
+        while self._controls.pause is not None and self._controls.terminal is None:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), self.heartbeat_s)
+            except TimeoutError:
+                # Paused is not dead: keep telling supervisors the process is there.
+                await self._steps.publish("heartbeat", observation="paused")
+        if self._controls.terminal is not None:
+            await self._end(self._controls.terminal)
+        await self._save()
+        await self._steps.publish("heartbeat", observation="resumed")
+        log.info("run resumed", extra={"run_id": self.run_id})
+
+    async def _end(self, command: Command) -> NoReturn:
+        """Record a kill or stop in the checkpoint and raise it into the agent's code."""
+        reason = stop_reason(command)
+        if command.cmd == "kill":
+            error: RunError = RunKilled(self.run_id, command)
+        else:
+            error = RunStopped(reason, command.evidence, run_id=self.run_id)
+        self._ended = error
+        log.warning("run ending: %s", describe(command), extra={"run_id": self.run_id, "reason": reason})
+        try:
+            await self._save(RunStatus.STOPPED, reason)
+        except Exception as exc:
+            # The run ends regardless; a supervisor still sees the final event and the command.
+            log.error("could not record the end in the checkpoint: %s", exc, extra={"run_id": self.run_id})
+        raise error
+
+    async def _on_command(self, msg: Msg) -> None:
+        try:
+            command = codec.decode_command(msg.data, (msg.headers or {}).get(codec.CONTENT_TYPE))
+        except ValueError as exc:
+            # An operator's typo must never take a run down (DESIGN §8).
+            log.warning("ignoring an undecodable command: %s", exc, extra={"run_id": self.run_id})
+            return
+        self._apply(command, stored=False)
+
+    def _apply(self, command: Command, *, stored: bool) -> None:
+        changed = self._controls.apply_stored(command) if stored else self._controls.apply(command)
+        if not changed:
+            return
+        log.info("command: %s", describe(command), extra={"run_id": self.run_id, "reason": command.reason})
+        if self._controls.killed:
+            self._killed.set()
+        self._changed.set()
+
+    async def _catch_up(self) -> None:
+        command = await store.last_command(self._steps.js, self.run_id)
+        if command is not None:
+            self._apply(command, stored=True)
+
+    async def _on_reconnect(self) -> None:
+        await super()._on_reconnect()
+        # Core delivery drops what was sent while we were away; the stream kept it.
+        task = asyncio.create_task(self._catch_up())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # Unlike other actors, a cancelled agent did not complete its run: route it to on_failure.
+        self.stopping.set()
+        try:
+            if exc is None:
+                await self.on_stop()
+            else:
+                await self.on_failure(exc)
+        finally:
+            await self._close()
+
+    async def on_start(self) -> None:
+        js = self.nc.jetstream()
+        self._stream = StepStream(js, self.run_id, self._clock)
+        self._store = store.CheckpointStore(await js.key_value(subjects.CHECKPOINTS_BUCKET), self.run_id)
+        # Subscribe before reading the stored command so none falls between the two.
+        self._sub = await self.nc.subscribe(subjects.ctl(self.run_id), cb=self._on_command)
+        try:
+            stored = await store.last_command(self._steps.js, self.run_id)
+            if self._resuming:
+                await self._load(stored)
+            else:
+                await self._create()
+            if stored is not None:
+                self._apply(stored, stored=True)
+            await self._steps.publish("start", seq=self.seq, task=self.goal, policy=self.policy, agent=self.agent)
+        except BaseException:
+            await self._sub.unsubscribe()
+            raise
+
+    async def on_stop(self) -> None:
+        """The agent's code returned: the run completed, unless it was killed or stopped first."""
+        if self._ended is not None:
+            await self._finish(ok=False, error=str(self._ended))
+        else:
+            await self._finish(ok=True, status=RunStatus.COMPLETED, reason=StopReason.COMPLETED)
+
+    async def on_failure(self, exc: BaseException) -> None:
+        if exc is self._ended:
+            await self._finish(ok=False, error=str(exc))  # already recorded by _end
+            return
+        log.error("agent failed: %r", exc, extra={"run_id": self.run_id})
+        text = f"{type(exc).__name__}: {exc}"
+        await self._finish(ok=False, error=text, status=RunStatus.STOPPED, reason=StopReason.AGENT_CRASHED)
+
+    async def _finish(
+        self, ok: bool, error: str | None = None, status: RunStatus | None = None, reason: StopReason | None = None
+    ) -> None:
+        try:
+            if self._store is None or self._store.fenced:
+                return  # another process holds the run now: it speaks for it
+            if status is not None:
+                await self._save(status, reason)
+            await self._steps.publish("final", ok=ok, error=limits.clip(error, MAX_OBSERVATION_CHARS), agent=self.agent)
+            await self._steps.flush()
+        except Exception as exc:
+            log.error("could not record the end of the run: %s", exc, extra={"run_id": self.run_id})
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            if self._sub is not None and not self.nc.is_closed:
+                await self._sub.unsubscribe()
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    async def _create(self) -> None:
+        self._steps.seq = 1  # the start event's
+        await self._checkpoints.create(self._checkpoint(RunStatus.RUNNING, None))
+
+    async def _load(self, stored: Command | None) -> None:
+        cp = await self._checkpoints.load()
+        self.goal, self.policy = cp.goal, cp.policy
+        self._restore(cp)
+        if cp.status == RunStatus.COMPLETED or (
+            cp.status == RunStatus.STOPPED and cp.stop_reason != StopReason.AGENT_CRASHED
+        ):
+            raise RunNotResumable(self.run_id, cp.status, cp.stop_reason)
+        # A kill in RV_CONTROL counts even if the killed process never recorded it: record it now.
+        if (stored is not None and stored.cmd == "kill") or self._controls.killed:
+            await self._save(RunStatus.STOPPED, StopReason.USER_KILLED)
+            raise RunNotResumable(self.run_id, RunStatus.STOPPED, StopReason.USER_KILLED)
+        self._steps.seq = max(cp.seq, await store.last_step_seq(self._steps.js, self.run_id)) + 1  # the start event's
+        await self._save()  # takes the revision: a stale process still running is fenced off
+
+    def _restore(self, cp: Checkpoint) -> None:
+        self.state, self._open_args = store.unpack_state(cp.state)
+        self._steps.seq = cp.seq
+        self._intent = cp.intent
+        self.open_intent = cp.intent if cp.intent is not None and cp.intent.state == "open" else None
+
+    async def _save(self, status: RunStatus = RunStatus.RUNNING, reason: StopReason | None = None) -> None:
+        """Write the checkpoint once the steps it follows are stored."""
+        await self._steps.flush()
+        await self._checkpoints.save(self._checkpoint(status, reason))
+
+    def _checkpoint(self, status: RunStatus, reason: StopReason | None) -> Checkpoint:
+        call_open = self._intent is not None and self._intent.state == "open"
+        return Checkpoint(
+            run_id=self.run_id, seq=self.seq, status=status, stop_reason=reason, goal=self.goal, policy=self.policy,
+            state=store.pack_state(self.state, self._open_args, call_open), intent=self._intent, ts=self._clock(),
+        )  # fmt: skip
+
+    @property
+    def _steps(self) -> StepStream:
+        if self._stream is None:
+            raise RuntimeError(f"run {self.run_id} is not started: use `async with`")
+        return self._stream
+
+    @property
+    def _checkpoints(self) -> store.CheckpointStore:
+        if self._store is None:
+            raise RuntimeError(f"run {self.run_id} is not started: use `async with`")
+        return self._store
+
+
+def _obs(text: str | None) -> str | None:
+    return limits.clip(text, MAX_OBSERVATION_CHARS)
+
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_S",
+    "Run",
+    "RunError",
+    "RunKilled",
+    "RunNotFound",
+    "RunNotResumable",
+    "RunStopped",
+]
