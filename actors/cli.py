@@ -5,23 +5,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nats.aio.client import Client
 
 from actors.endpoint import Endpoint, EndpointError, default_home
-from actors.operator import fetch_state, list_states, send_command
+from actors.operator import describe, fetch_state, list_states, send_command
 from actors.runtime import configure_logging, run_main
 from actors.server import EmbeddedServer, ServerError, connect, provision
 from actors.supervisor.worker import SupervisorWorker
+from actors.tools import ToolExecutor, ToolRegistry
 from protocols.codec import DecodeError
-from protocols.messages import Command, RunState, check_run_id
-from protocols.reasons import RECOVERY_HINTS
+from protocols.messages import Command, check_run_id
 from protocols.subjects import DEFAULT_LEASE_TTL_S
 
 log = logging.getLogger("runvisor")
@@ -63,8 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_supervisor_options(sup)
     sup.set_defaults(handler=_supervisor)
 
-    demo = sub.add_parser("demo", help="start everything on a private embedded server and show it working")
-    demo.add_argument("--seconds", type=float, default=3.0, help="how long to keep it up (default 3)")
+    tools = sub.add_parser("tools", help="run a tool executor serving a registry of tools")
+    tools.add_argument("registry", help="module:attribute of a ToolRegistry (e.g. actors.sim:demo_tools)")
+    tools.add_argument("--concurrency", type=int, default=32, help="requests handled at once per tool (32)")
+    tools.set_defaults(handler=_tools)
+
+    demo = sub.add_parser(
+        "demo", help="run agents that loop, overspend, fail and stall on a private server, and watch them caught"
+    )
     demo.set_defaults(handler=_demo)
 
     for name, text in (("pause", "pause a run at its next step (state is checkpointed)"),
@@ -90,6 +96,10 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--monitor-port", type=int, default=8222, help="HTTP monitoring port (0: a free one)")
     parser.add_argument("--partitions", type=int, default=32, help="partitions of RV_STEPS (default 32)")
     parser.add_argument("--supervisors", type=int, default=1, help="supervisor workers to run in-process (default 1)")
+    parser.add_argument(
+        "--tools", action="append", default=[], metavar="MODULE:ATTR",
+        help="also serve this ToolRegistry (repeatable), e.g. actors.sim:demo_tools",
+    )  # fmt: skip
     parser.add_argument("--lease-ttl", type=float, default=DEFAULT_LEASE_TTL_S, help="lease TTL in seconds")
 
 
@@ -120,10 +130,17 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
             SupervisorWorker(_supervisor_endpoint(server), partitions=args.partitions, lease_ttl_s=args.lease_ttl)
             for _ in range(args.supervisors)
         ]
-        print(f"runvisor is up at {url} with {len(workers)} supervisor worker(s); Ctrl-C stops it", flush=True)
+        executors = [
+            ToolExecutor(load_registry(spec), server.endpoint("tool") if server else None) for spec in args.tools
+        ]
+        served = ", ".join(t.name for e in executors for t in e.tools) or "none (add --tools MODULE:ATTR)"
+        print(
+            f"runvisor is up at {url}: {len(workers)} supervisor worker(s), tools: {served}; Ctrl-C stops it",
+            flush=True,
+        )
         async with asyncio.TaskGroup() as tg:
-            for worker in workers:
-                tg.create_task(worker.run(stop))
+            for actor in (*workers, *executors):
+                tg.create_task(actor.run(stop))
         print("stopped", flush=True)
     return 0
 
@@ -159,20 +176,31 @@ def _print_connect_help(server: EmbeddedServer) -> None:
 
 
 async def _demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    import tempfile  # noqa: PLC0415 - only the demo needs a throwaway data dir
+    from actors.demo import run_demo  # noqa: PLC0415 - the demo pulls in the scripted agents; only it needs them
 
-    with tempfile.TemporaryDirectory(prefix="runvisor-demo-") as tmp:
-        async with EmbeddedServer(Path(tmp)) as server:
-            nc = await connect(server.endpoint("admin"), "runvisor-demo")
-            try:
-                report = await provision(nc)
-                print(f"embedded nats-server at {server.url}; provisioned {', '.join(report)}", flush=True)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), args.seconds)
-            finally:
-                await nc.close()
-    print("demo finished: server stopped cleanly")
+    # The demo narrates what happens; the actors' own logs would drown it (errors still show).
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+    return await run_demo(stop)
+
+
+async def _tools(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    registry = load_registry(args.registry)
+    executor = ToolExecutor(registry, max_concurrency=args.concurrency)
+    print(f"tool executor serving {', '.join(t.name for t in registry)}; Ctrl-C stops it", flush=True)
+    await executor.run(stop)
     return 0
+
+
+def load_registry(spec: str) -> ToolRegistry:
+    """``module:attribute`` naming a ``ToolRegistry``, e.g. ``mytools:tools``."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        registry = getattr(importlib.import_module(module_name), attr or "tools")
+    except (ImportError, AttributeError) as exc:
+        raise CliError(f"cannot load tools from {spec!r}: {exc}") from exc
+    if not isinstance(registry, ToolRegistry):
+        raise CliError(f"{spec!r} is a {type(registry).__name__}, not a ToolRegistry")
+    return registry
 
 
 async def _operator(work: Callable[..., Awaitable[int]], *args: object) -> int:
@@ -208,25 +236,6 @@ async def _why(args: argparse.Namespace, stop: asyncio.Event) -> int:
         return 0
 
     return await _operator(work)
-
-
-def describe(state: RunState) -> str:
-    """A run's state as an operator reads it."""
-    c = state.counters
-    lines = [
-        f"run {state.run_id}: {state.status}" + (f" ({state.stop_reason})" if state.stop_reason else ""),
-        f"  task: {state.task or '-'}",
-        f"  now: step {state.last_seq} {state.last_kind or ''} tool={state.current_tool or '-'}",
-        f"  counters: steps={c.steps} tokens={c.tokens} cost=${c.cost_usd:.4f} tool_calls={c.tool_calls} "
-        f"retries={c.retries} errors={c.errors}",
-        f"  updated {time.strftime('%H:%M:%S', time.localtime(state.updated_at))}",
-    ]
-    if state.last_verdict is not None:
-        v = state.last_verdict
-        lines.append(f"  last verdict: {v.severity} {v.reason}: {v.evidence.summary}")
-    if state.stop_reason is not None:
-        lines.append(f"  next: {RECOVERY_HINTS[state.stop_reason]}")
-    return "\n".join(lines)
 
 
 async def _ps(args: argparse.Namespace, stop: asyncio.Event) -> int:

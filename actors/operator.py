@@ -6,6 +6,8 @@ Used by the ``runvisor`` CLI; the same things work with the ``nats`` CLI
 
 from __future__ import annotations
 
+import time
+
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
@@ -14,6 +16,7 @@ from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from protocols import codec, subjects
 from protocols.messages import Command, RunState
+from protocols.reasons import RECOVERY_HINTS
 
 
 async def send_command(nc: Client, run_id: str, command: Command, timeout: float = 5.0) -> PubAck:
@@ -56,3 +59,22 @@ async def list_states(nc: Client) -> list[RunState]:
         if entry.value:
             states.append(codec.decode(RunState, entry.value))
     return sorted(states, key=lambda s: s.updated_at, reverse=True)
+
+
+def describe(state: RunState) -> str:
+    """A run's state as an operator reads it."""
+    c = state.counters
+    lines = [
+        f"run {state.run_id}: {state.status}" + (f" ({state.stop_reason})" if state.stop_reason else ""),
+        f"  task: {state.task or '-'}",
+        f"  now: step {state.last_seq} {state.last_kind or ''} tool={state.current_tool or '-'}",
+        f"  counters: steps={c.steps} tokens={c.tokens} cost=${c.cost_usd:.4f} tool_calls={c.tool_calls} "
+        f"retries={c.retries} errors={c.errors}",
+        f"  updated {time.strftime('%H:%M:%S', time.localtime(state.updated_at))}",
+    ]
+    if state.last_verdict is not None:
+        v = state.last_verdict
+        lines.append(f"  last verdict: {v.severity} {v.reason}: {v.evidence.summary}")
+    if state.stop_reason is not None:
+        lines.append(f"  next: {RECOVERY_HINTS[state.stop_reason]}")
+    return "\n".join(lines)

@@ -147,7 +147,8 @@ class Actor:
         log.error("%s: NATS error: %s", self.name, exc)
 
     async def _on_disconnect(self) -> None:
-        log.warning("%s: disconnected from NATS; reconnecting", self.name)
+        if not self.stopping.is_set():  # a drain at stop also disconnects: that is not news
+            log.warning("%s: disconnected from NATS; reconnecting", self.name)
 
     async def _on_reconnect(self) -> None:
         log.info("%s: reconnected to NATS", self.name)
