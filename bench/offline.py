@@ -69,11 +69,15 @@ def replay(events: Iterator[StepEvent], engine: Engine) -> Iterator[Verdict]:
 
 
 def synthetic_run(run_id: str, actions: int) -> list[StepEvent]:
-    """A run of varied actions with ~600-character observations (none of them loops)."""
+    """A run of varied actions with ~600-character observations (none of them loops).
+
+    The run id is part of every observation: runs must not share outputs, or the
+    fingerprint memo would make the benchmark measure cache hits.
+    """
     events: list[StepEvent] = []
     seq = 0
     for i in range(actions):
-        body = " ".join(f"line{i}_{j} = compute(arg_{j}, {i * j}) # note {j}" for j in range(15))
+        body = f"{run_id}: " + " ".join(f"line{i}_{j} = compute(arg_{j}, {i * j}) # note {j}" for j in range(15))
         for kind, extra in (
             ("llm", {"tokens_in": 1000 + i, "tokens_out": 50}),
             (
@@ -116,9 +120,7 @@ def perf() -> None:
     tracemalloc.stop()
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     window = engine.windows["m0"]
-    arrays = sum(
-        a.nbytes for a in (window.act, window.obs, window.pair, window.sim, window.err, window.seq, window.flags)
-    )
+    arrays = window.ring_bytes()
     print(
         f"RunWindow (window={window.size}, 80 actions seen): {grown / count:,.0f} bytes per run in all "
         f"(tracemalloc), of which ring buffers {arrays} bytes"

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import ClassVar, Protocol
 
-import numpy as np
-
 from actors.supervisor.fingerprint import hamming, short
 from actors.supervisor.window import FAILED, MESSAGE, RETRY, TRIVIAL, RunWindow
 from protocols.messages import Evidence, Verdict
@@ -58,7 +56,8 @@ def _span(seqs: tuple[int, ...]) -> str:
 
 
 def _obs(window: RunWindow) -> str:
-    return f"'{short(window.last_obs_text, 50)}'" if window.last_obs_text.strip() else "empty output"
+    # ``obs_brief`` is ``short(observation, 60)``; shortening it to 50 equals shortening the whole.
+    return f"'{short(window.obs_brief, 50)}'" if window.obs_brief else "empty output"
 
 
 class ExactRepeat:
@@ -72,7 +71,7 @@ class ExactRepeat:
         if window.n == 0 or window.streak < _at(policy.repeat_threshold, slack) or window.flags[window.last] & TRIVIAL:
             return None
         seqs = window.seqs(window.recent(window.streak))
-        label = window.labels[-1]
+        label = window.label
         summary = f"{_span(seqs)}: `{label}` x{window.streak} in a row, each {_obs(window)}"
         return finding(window, self.name, self.reason, summary, seqs)
 
@@ -85,6 +84,8 @@ class Cycle:
 
     def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
         """Fire on the shortest period whose rolling match run covers the repeats."""
+        if window.pair_count < 2:
+            return None  # the latest pair is new to the window: nothing repeats
         top = min(policy.cycle_max_period, len(window.cycle_run) - 1)
         for period in range(2, top + 1):
             matched = window.cycle_run[period]
@@ -97,7 +98,7 @@ class Cycle:
                 continue
             repeats = (matched + period) / period
             seqs = window.seqs(window.recent(matched + period))
-            labels = list(window.labels)[-period:] if period <= len(window.labels) else []
+            labels = window.last_labels(period)
             steps = " -> ".join(f"`{short(x, 30)}`" for x in labels) or f"{period} actions"
             summary = f"{_span(seqs)}: block of {period} actions repeated x{repeats:.1f}: {steps}"
             return finding(window, self.name, self.reason, summary, seqs)
@@ -121,18 +122,14 @@ class Recurrence:
 
     def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
         """Fire when the latest pair has occurred often enough in the window."""
-        if window.n == 0:
+        count = window.pair_count
+        if window.n == 0 or count < _at(policy.near_dup_threshold, slack):
             return None
-        last = window.last
-        if window.flags[last] & (TRIVIAL | MESSAGE):
+        if window.flags[window.last] & (TRIVIAL | MESSAGE):
             return None  # scattered format errors are SameError's to judge, by density
-        same = (window.pair == window.pair[last]) & window.valid()
-        count = int(np.count_nonzero(same))
-        if count < _at(policy.near_dup_threshold, slack):
-            return None
-        seqs = window.seqs(np.flatnonzero(same))
+        seqs = window.seqs(window.slots_of_last_pair())
         summary = (
-            f"{_span(seqs)}: `{window.labels[-1]}` x{count} with the same result {_obs(window)}; "
+            f"{_span(seqs)}: `{window.label}` x{count} with the same result {_obs(window)}; "
             f"seqs {', '.join(map(str, seqs))}"
         )
         return finding(window, self.name, self.reason, summary, seqs)
@@ -153,46 +150,51 @@ class NearDuplicate:
 
     def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
         """Fire when the latest action has enough near-twins in the window."""
-        if window.n == 0:
+        n = window.n
+        if n == 0:
             return None
-        last = window.last
-        if window.flags[last] & (TRIVIAL | MESSAGE):
+        flags, size, act = window.flags, window.size, window.act
+        if flags[(n - 1) % size] & (TRIVIAL | MESSAGE):
             return None  # a malformed message has no action of its own to repeat; SameError judges it
         need = _at(policy.near_dup_threshold, slack)
-        recent = window.recent(2 * policy.near_dup_threshold)
-        action = window.act[last]
-        same_action = [i for i in recent if window.act[i] == action and not window.flags[i] & TRIVIAL]
-        if len(same_action) < need:
+        # Action numbers of the span, oldest first (the short rings hold at most the span).
+        span = range(n - min(2 * policy.near_dup_threshold, n, size, len(act)), n)
+        action = act[(n - 1) % len(act)]
+        if act.count(action) < need:
             return None  # the cheap precondition: the action itself must recur
-        near = self._twins(window, recent, policy.near_dup_max_distance)
+        same_action = [m for m in span if act[m % len(act)] == action and not flags[m % size] & TRIVIAL]
+        if len(same_action) < need:
+            return None
+        near = self._twins(window, span, policy.near_dup_max_distance)
         count = len(near)
         if count < need:
             return None
-        seqs = window.seqs(near)
+        seqs = window.seqs([m % size for m in near])
         summary = (
-            f"{_span(seqs)}: `{window.labels[-1]}` x{count} with near-identical output "
+            f"{_span(seqs)}: `{window.label}` x{count} with near-identical output "
             f"(numbers aside), latest {_obs(window)}; seqs {', '.join(map(str, seqs))}"
         )
         return finding(window, self.name, self.reason, summary, seqs)
 
     @staticmethod
-    def _twins(window: RunWindow, recent: list[int], max_distance: int) -> list[int]:
-        """Near-twins of the latest action, walking back until a one-off action intervenes.
+    def _twins(window: RunWindow, span: range, max_distance: int) -> list[int]:
+        """Near-twins (action numbers) of the latest action, walking back until a one-off action intervenes.
 
         A one-off action in between (an edit seen once in the span) changed the world, so a
         re-run after it that gives a near-identical result is testing, not looping; actions
         that themselves recur (a view between two identical edits) do not break the chain.
         """
-        last = recent[-1]
-        action = window.act[last]
-        sim = int(window.sim[last])
-        acts = [int(window.act[i]) for i in recent]
+        act, sim, flags, size = window.act, window.sim, window.flags, window.size
+        last = span[-1]
+        action = act[last % len(act)]
+        fingerprint = sim[last % len(sim)]
+        acts = [act[m % len(act)] for m in span]
         twins = [last]
-        for pos in range(len(recent) - 2, -1, -1):
-            i = recent[pos]
-            if window.act[i] == action and not window.flags[i] & TRIVIAL:
-                if hamming(int(window.sim[i]), sim) <= max_distance:
-                    twins.append(i)
+        for pos in range(len(span) - 2, -1, -1):
+            m = span[pos]
+            if acts[pos] == action and not flags[m % size] & TRIVIAL:
+                if hamming(sim[m % len(sim)], fingerprint) <= max_distance:
+                    twins.append(m)
             elif acts.count(acts[pos]) == 1:
                 break
         return twins
@@ -210,17 +212,21 @@ class SameError:
 
     def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
         """Fire when the latest action failed with an error seen often enough recently."""
-        if window.n == 0 or not window.flags[window.last] & FAILED or not window.err[window.last]:
+        n = window.n
+        err = window.err
+        if n == 0 or not window.flags[window.last] & FAILED:
             return None
-        error = window.err[window.last]
-        recent = window.recent(2 * policy.same_error_threshold)
-        same = [i for i in recent if window.err[i] == error]
+        error = err[(n - 1) % len(err)]
+        if not error:
+            return None
+        span = range(n - min(2 * policy.same_error_threshold, n, window.size, len(err)), n)
+        same = [m for m in span if err[m % len(err)] == error]
         count = len(same)
         if count < _at(policy.same_error_threshold, slack):
             return None
-        seqs = window.seqs(same)
-        text = short(window.last_obs_text or window.last_error_text, 60)
-        summary = f"{_span(seqs)}: the same error x{count}: '{text}' (latest `{window.labels[-1]}`)"
+        seqs = window.seqs([m % window.size for m in same])
+        text = short(window.fail_brief, 60)
+        summary = f"{_span(seqs)}: the same error x{count}: '{text}' (latest `{window.label}`)"
         return finding(window, self.name, self.reason, summary, seqs)
 
 
@@ -236,8 +242,8 @@ class ConsecutiveFailures:
         if run < max(1, policy.max_consecutive_failures - slack):
             return None
         seqs = window.seqs(window.recent(run))
-        text = short(window.last_obs_text or window.last_error_text, 60)
-        summary = f"{_span(seqs)}: {run} failed tool calls in a row, latest `{window.labels[-1]}`: '{text}'"
+        text = short(window.fail_brief, 60)
+        summary = f"{_span(seqs)}: {run} failed tool calls in a row, latest `{window.label}`: '{text}'"
         return finding(window, self.name, self.reason, summary, seqs)
 
 
@@ -251,17 +257,16 @@ class RetryStorm:
         """Fire when the latest action is a retry that overdraws the budget."""
         if window.n == 0 or not window.flags[window.last] & RETRY:
             return None
-        valid = window.valid()
-        calls = int(np.count_nonzero(valid))
-        retried = valid & ((window.flags & RETRY) != 0)
-        retries = int(np.count_nonzero(retried))
+        calls = min(window.n, window.size)
+        retried = [i for i, f in enumerate(window.flags) if f & RETRY]  # empty slots have no flags
+        retries = len(retried)
         budget = policy.retry_budget_ratio * calls + policy.retry_budget_floor
         if retries + slack <= budget:
             return None
-        seqs = window.seqs(np.flatnonzero(retried))
+        seqs = window.seqs(retried)
         summary = (
             f"{_span(seqs)}: {retries} retries in the last {calls} calls, over the budget of {budget:.1f} "
-            f"({policy.retry_budget_ratio:g} x calls + {policy.retry_budget_floor}); latest `{window.labels[-1]}`"
+            f"({policy.retry_budget_ratio:g} x calls + {policy.retry_budget_floor}); latest `{window.label}`"
         )
         return finding(window, self.name, self.reason, summary, seqs)
 
@@ -305,6 +310,15 @@ class Budget:
         # No early stage: a budget is a hard figure. ``slack`` is accepted for the common
         # interface and ignored; the engine warns on the first overrun and acts on the next.
         del slack
+        # Asked on every event: plain comparisons first, the labelled walk only on an overrun.
+        if (
+            (policy.max_tokens is None or window.tokens <= policy.max_tokens)
+            and (policy.max_cost_usd is None or window.cost_usd <= policy.max_cost_usd)
+            and (policy.max_steps is None or window.steps <= policy.max_steps)
+            and (policy.max_tool_calls is None or window.tool_calls <= policy.max_tool_calls)
+            and policy.max_wall_s is None
+        ):
+            return None
         for label, attr, field in self._LIMITS:
             limit = getattr(policy, field)
             figure = getattr(window, attr)

@@ -31,6 +31,8 @@ from protocols.reasons import RunStatus, StopReason
 log = logging.getLogger(__name__)
 
 _BUDGET = Budget()
+#: One bit per reason: a window's ``warned`` and ``acted`` are masks of these (a set costs 216 bytes a run).
+_BIT: dict[str, int] = {reason: 1 << k for k, reason in enumerate(StopReason)}
 
 
 def action_severity(policy: Policy, reason: StopReason) -> Severity:
@@ -76,7 +78,7 @@ class Engine:
             window = RunWindow(event.run_id, event.policy or self.policy)
             self.windows[event.run_id] = window
         elif event.kind == "start" and event.policy is not None and window.n == 0:
-            window.policy = event.policy
+            window.set_policy(event.policy)
         if window.paused and event.kind != "heartbeat":
             window.paused = False  # activity after a pause means the run was resumed
         acted = window.observe(event, now)
@@ -84,30 +86,44 @@ class Engine:
             self.timers.schedule(event.run_id, None)
             return []
         policy = window.policy
-        findings: list[tuple[Verdict, bool]] = []
-        self._run(_BUDGET, window, policy, findings)
+        # Findings by reason, in the order graded; a confirmed finding replaces (and moves
+        # behind) an early one of the same reason.
+        findings: dict[str, tuple[Verdict, bool]] = {}
+        # A budget is a hard figure with no early stage (slack changes nothing): asked once.
+        self._run(_BUDGET, window, policy, findings, early=False)
         if acted:
+            run = self._run
             for detector in self.detectors:
-                self._run(detector, window, policy, findings)
-        verdicts = self._grade(window, findings, now)
+                run(detector, window, policy, findings)
+        verdicts = self._grade(window, findings.values(), now) if findings else []
         self.timers.schedule(event.run_id, next_deadline(window, policy))
         return verdicts
 
     @staticmethod
-    def _run(detector: Detector, window: RunWindow, policy: Policy, findings: list[tuple[Verdict, bool]]) -> None:
+    def _run(
+        detector: Detector,
+        window: RunWindow,
+        policy: Policy,
+        findings: dict[str, tuple[Verdict, bool]],
+        early: bool = True,
+    ) -> None:
         """Ask one detector, at its threshold and, when a warning is still due, one step before it."""
         reason = detector.reason
-        if reason in window.acted or any(v.reason == reason and confirmed for v, confirmed in findings):
+        bit = _BIT[reason]
+        if window.acted & bit:
+            return
+        found = findings.get(reason)
+        if found is not None and found[1]:
             return
         verdict = detector.check(window, policy)
         if verdict is not None:
-            findings[:] = [(v, c) for v, c in findings if v.reason != reason]
-            findings.append((verdict, True))
+            findings.pop(reason, None)
+            findings[reason] = (verdict, True)
             return
-        if policy.warn_first and reason not in window.warned and all(v.reason != reason for v, _ in findings):
-            early = detector.check(window, policy, slack=1)
-            if early is not None:
-                findings.append((early, False))
+        if early and policy.warn_first and not window.warned & bit and found is None:
+            warning = detector.check(window, policy, slack=1)
+            if warning is not None:
+                findings[reason] = (warning, False)
 
     def tick(self, now: float) -> list[Verdict]:
         """Check the runs whose stall deadline has passed; call it periodically.
@@ -211,21 +227,22 @@ class Engine:
             last_verdict=w.last_verdict,
         )
 
-    def _grade(self, window: RunWindow, findings: list[tuple[Verdict, bool]], now: float) -> list[Verdict]:
+    def _grade(self, window: RunWindow, findings: Iterable[tuple[Verdict, bool]], now: float) -> list[Verdict]:
         out: list[Verdict] = []
         policy = window.policy
         for verdict, confirmed in findings:
             reason = verdict.reason
-            if reason in window.acted:
+            bit = _BIT[reason]
+            if window.acted & bit:
                 continue
-            if not confirmed or (policy.warn_first and reason not in window.warned):
-                if reason in window.warned:
+            if not confirmed or (policy.warn_first and not window.warned & bit):
+                if window.warned & bit:
                     continue  # one early warning per reason is enough
-                window.warned.add(reason)
+                window.warned |= bit
                 severity: Severity = "warn"
             else:
                 severity = action_severity(policy, reason)
-                window.acted.add(reason)
+                window.acted |= bit
             graded = verdict.model_copy(update={"severity": severity, "ts": now})
             out.append(graded)
             window.last_verdict = graded

@@ -20,24 +20,37 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from hashlib import blake2b
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
-_WS = re.compile(r"\s+")
-# Patterns start with a character class rather than ``\b`` where they can: CPython's re
-# then skips ahead quickly, and each pattern runs only when a cheap substring test says
-# it can match (normalization runs on every observation; see bench/offline.py).
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_HEX = re.compile(r"0x[0-9a-fA-F]+|(?<![\w])(?=[0-9a-f]{0,63}[0-9])(?=[0-9a-f]{0,63}[a-f])[0-9a-f]{7,64}(?![\w])")
-_TIMESTAMP = re.compile(
-    r"\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:Z|[+-]\d\d:?\d\d)?)?|(?<!\d)\d{1,2}:\d\d:\d\d(?:\.\d+)?"
+# Normalization runs on every observation (see bench/offline.py), so each pattern is
+# written to *start with a single character class*: CPython's re then skips, in C, every
+# position where that class cannot match instead of attempting a full match there. The
+# leading lookbehinds of the natural forms are moved after the first character (e.g.
+# ``(?<!\d)\d`` becomes ``\d(?<!\d\d)``), which matches exactly the same strings.
+# Each pattern also runs only when a cheap substring test says it can match.
+_UUID = re.compile(r"[0-9a-fA-F][0-9a-fA-F]{7}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# ``0x...`` or a whole word of 7-64 lowercase hex characters with at least one digit and one letter.
+_HEX = re.compile(
+    r"[0-9a-f](?:(?<=0)x[0-9a-fA-F]+"
+    r"|(?<!\w[0-9a-f])(?:(?<=[0-9])|(?=[0-9a-f]{0,62}[0-9]))(?:(?<=[a-f])|(?=[0-9a-f]{0,62}[a-f]))"
+    r"[0-9a-f]{6,63}(?!\w))"
 )
-_DURATION = re.compile(r"(?<![\w.])\d+(?:\.\d+)? ?(?:ms|us|µs|ns|s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)\b")
+_TIMESTAMP = re.compile(
+    r"\d(?:\d{3}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:Z|[+-]\d\d:?\d\d)?)?"
+    r"|(?<!\d\d)\d?:\d\d:\d\d(?:\.\d+)?)"
+)
+_DURATION = re.compile(
+    r"\d(?<![\w.]\d)\d*(?:\.\d+)? ?(?:ms|us|µs|ns|s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)\b"
+)
 _TMP_PATH = re.compile(r"/(?:private/)?(?:tmp|var/tmp|var/folders)/[^\s'\":]*")
-_LINE_NO = re.compile(r"(?<=[Ll]ine )\d+|(?<=lineno[ =])\d+|(?<=:)\d+(?=:)")
+# A number after "line "/"lineno", or between colons (``file.py:42:``).
+_LINE_NO = re.compile(r"\d(?:(?<=[Ll]ine \d)\d*|(?<=lineno[ =]\d)\d*|(?<=:\d)\d*(?=:))")
+_DIGIT = re.compile(r"\d")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 #: Tokens kept for the SimHash; beyond this an observation is "the same kind of long text".
@@ -46,10 +59,25 @@ _FULL_CHARS = 4096
 _HEAD_CHARS = 3072
 _TAIL_CHARS = 1024
 _DROP_DIGITS = str.maketrans("", "", "0123456789")
+_DIGIT_BYTES = b"0123456789"
+_MATMUL_FROM = 32
+_LE_U64 = np.dtype("<u8")
+_ONE = np.uint64(1)
+_SIXTY_THREE = np.uint64(63)
+_ONES = np.ones(_MAX_TOKENS, dtype=np.float32)
 _MASK64 = (1 << 64) - 1
 _SHINGLE_MULT = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio constant: spreads bits when combining tokens
-_TOKEN_CACHE: dict[str, int] = {}
+_TOKEN_CACHE: dict[str | bytes, bytes] = {}
 _TOKEN_CACHE_MAX = 65_536
+# Fingerprints of recent texts, by the raw text: a looping agent sends the same command and
+# gets the same output again and again, and common outputs ("", "File updated.") recur
+# across runs, so about a third of the work repeats. Keyed by the exact text, a hit is
+# exactly what recomputing would give. Only short texts are kept (hashing a 64 KB key costs
+# more than it saves, and keeping it alive costs memory): at most ~2 MB a worker.
+_MEMO_MAX = 1024
+_MEMO_CHARS = 2048
+_OBS_MEMO: dict[str, tuple[int, int]] = {}
+_ACTION_MEMO: dict[str, int] = {}
 
 
 def normalize(text: str) -> str:
@@ -74,18 +102,67 @@ def normalize(text: str) -> str:
     return _normalize(text)
 
 
+def _classes(mapping: dict[bytes, bytes]) -> bytes:
+    """A ``bytes.translate`` table sending each listed byte to its class and all others to '.'."""
+    table = bytearray(b"." * 256)
+    for members, cls in mapping.items():
+        for byte in members:
+            table[byte] = cls[0]
+    return bytes(table)
+
+
+# Prechecks, for ASCII text: one C-speed ``bytes.translate`` to character classes, then
+# substring tests that each pattern needs to match (a timestamp needs "0000-00-00" or
+# "0:00:00" in digit classes, a hex id seven hex characters in a row, ...). About 5% of
+# texts hold a match for any one pattern, so most passes are skipped. Substitutions only
+# put placeholders in, whose characters cannot complete any of these substrings, so
+# testing the text once before the first substitution is enough.
+_DIGITS_SEPS = _classes({b"0123456789": b"0", b":": b":", b"-": b"-", b" ": b" ", b"mnush": b"u"})
+_HEXES = _classes({b"0123456789abcdefABCDEF": b"x", b"-": b"-"})
+
+
 def _normalize(text: str) -> str:
-    if "-" in text:
+    # Whitespace is collapsed first so that the patterns see what a second pass would see
+    # ("3\nsec" and "3 sec" are the same duration): normalization is idempotent.
+    text = " ".join(text.split())
+    if not text.isascii():
+        return _normalize_unicode(text)  # ``\d`` matches non-ASCII digits: no class prechecks
+    raw = text.encode("ascii")
+    seps = raw.translate(_DIGITS_SEPS)
+    hexes = raw.translate(_HEXES)
+    if b"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" in hexes:
         text = _UUID.sub("<uuid>", text)
-    if ":" in text or "-" in text:
-        text = _TIMESTAMP.sub("<ts>", text)
-    text = _HEX.sub("<hex>", text)
-    if "/tmp/" in text or "/var/" in text:
+    if b"0" in seps:  # every pattern below but the temp path needs a digit ("0x" has one)
+        if b"0000-00-00" in seps or b"0:00:00" in seps:
+            text = _TIMESTAMP.sub("<ts>", text)
+        if b"xxxxxxx" in hexes or "0x" in text:
+            text = _HEX.sub("<hex>", text)
+        if "/tmp/" in text or "/var/" in text:
+            text = _TMP_PATH.sub("<tmp>", text)
+        if b"0u" in seps or b"0 u" in seps:  # a digit, then a unit's first letter
+            text = _DURATION.sub("<dur>", text)
+        if "ine " in text or "lineno" in text or (b":0" in seps and b"0:" in seps):
+            text = _LINE_NO.sub("<n>", text)
+    elif "/tmp/" in text or "/var/" in text:
         text = _TMP_PATH.sub("<tmp>", text)
-    text = _DURATION.sub("<dur>", text)
-    if "ine" in text or ":" in text:
-        text = _LINE_NO.sub("<n>", text)
-    return " ".join(text.split())
+    return text
+
+
+def _normalize_unicode(text: str) -> str:
+    if text.count("-") >= 4:
+        text = _UUID.sub("<uuid>", text)
+    if _DIGIT.search(text) is not None:
+        if ":" in text or "-" in text:
+            text = _TIMESTAMP.sub("<ts>", text)
+        text = _HEX.sub("<hex>", text)
+        if "/tmp/" in text or "/var/" in text:
+            text = _TMP_PATH.sub("<tmp>", text)
+        text = _DURATION.sub("<dur>", text)
+        if "ine" in text or ":" in text:
+            text = _LINE_NO.sub("<n>", text)
+    elif "/tmp/" in text or "/var/" in text:
+        text = _TMP_PATH.sub("<tmp>", text)
+    return text
 
 
 def normalize_loose(text: str) -> str:
@@ -95,8 +172,24 @@ def normalize_loose(text: str) -> str:
 
 def observation_fingerprint(observation: str | None) -> tuple[int, int]:
     """The (digest, SimHash) pair of an observation, normalizing it once."""
-    normalized = normalize(observation or "")
-    return digest(normalized), simhash_normalized(normalized)
+    text = observation or ""
+    memo = len(text) <= _MEMO_CHARS
+    if memo:
+        cached = _OBS_MEMO.get(text)
+        if cached is not None:
+            return cached
+    normalized = normalize(text)
+    result = digest(normalized), simhash_normalized(normalized)
+    if memo:
+        _remember(_OBS_MEMO, text, result)
+    return result
+
+
+def _remember(memo: dict[str, Any], key: str, value: Any) -> None:
+    if len(memo) >= _MEMO_MAX:
+        # A blunt reset keeps memory bounded; repeats are mostly recent, so it refills fast.
+        memo.clear()
+    memo[key] = value
 
 
 def digest(text: str) -> int:
@@ -116,9 +209,23 @@ def render_args(args: dict[str, Any] | None) -> str:
     return json.dumps(args, sort_keys=True, ensure_ascii=False, default=str)
 
 
-def action_digest(tool: str | None, args: dict[str, Any] | None) -> int:
-    """Digest of (tool, normalized args): equal for the same action with volatile parts masked."""
-    return digest(f"{tool or ''}\x1f{normalize(render_args(args))}")
+def action_digest(tool: str | None, args: dict[str, Any] | None, rendered: str | None = None) -> int:
+    """Digest of (tool, normalized args): equal for the same action with volatile parts masked.
+
+    ``rendered``, when given, is ``render_args(args)`` already computed by the caller.
+    """
+    if rendered is None:
+        rendered = render_args(args)
+    key = f"{tool or ''}\x1f{rendered}"
+    memo = len(key) <= _MEMO_CHARS
+    if memo:
+        cached = _ACTION_MEMO.get(key)
+        if cached is not None:
+            return cached
+    value = digest(f"{tool or ''}\x1f{normalize(rendered)}")
+    if memo:
+        _remember(_ACTION_MEMO, key, value)
+    return value
 
 
 def observation_digest(observation: str | None) -> int:
@@ -126,13 +233,15 @@ def observation_digest(observation: str | None) -> int:
     return digest(normalize(observation or ""))
 
 
-def _token_hash(token: str) -> int:
+def _token_hash(token: str | bytes) -> bytes:
+    """The token's 64-bit hash as 8 little-endian bytes (joined and read by numpy at C speed)."""
     cached = _TOKEN_CACHE.get(token)
     if cached is None:
         if len(_TOKEN_CACHE) >= _TOKEN_CACHE_MAX:
             # A blunt reset keeps memory bounded; tokens repeat heavily, so it refills fast.
             _TOKEN_CACHE.clear()
-        cached = int.from_bytes(blake2b(token.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+        data = token if isinstance(token, bytes) else token.encode("utf-8", "surrogatepass")
+        cached = blake2b(data, digest_size=8).digest()
         _TOKEN_CACHE[token] = cached
     return cached
 
@@ -150,24 +259,39 @@ def simhash_normalized(normalized: str) -> int:
 
     Token hashes are cached; bigram hashes and the bit vote are done in numpy.
     """
-    # Dropping digits (a C-speed translate) is the loose normalization: a line count or a
-    # line number changes no token.
-    tokens = normalized.translate(_DROP_DIGITS).split(None, _MAX_TOKENS)[:_MAX_TOKENS]
+    # Dropping digits is the loose normalization: a line count or a line number changes no
+    # token. ASCII text (nearly all) is tokenized as bytes, whose translate and split run
+    # several times faster than str's and give the same tokens, hashed the same.
+    tokens: Sequence[str | bytes]
+    if normalized.isascii():
+        tokens = normalized.encode("ascii").translate(None, _DIGIT_BYTES).split(None, _MAX_TOKENS)[:_MAX_TOKENS]
+    else:
+        tokens = normalized.translate(_DROP_DIGITS).split(None, _MAX_TOKENS)[:_MAX_TOKENS]
     if not tokens:
         return 0
-    get = _TOKEN_CACHE.get
-    hashes = np.array([get(t) or _token_hash(t) for t in tokens], dtype=np.uint64)
+    found = list(map(_TOKEN_CACHE.get, tokens))
+    if None in found:
+        parts = [_token_hash(tokens[k]) if v is None else v for k, v in enumerate(found)]
+    else:
+        parts = cast("list[bytes]", found)  # no misses: every item is a hash
+    hashes: npt.NDArray[np.uint64] = np.frombuffer(b"".join(parts), dtype=_LE_U64)
     if len(hashes) > 1:
         # Bigrams keep some order information; rotating the right token makes (a, b) != (b, a).
-        right = (hashes[1:] << np.uint64(1)) | (hashes[1:] >> np.uint64(63))
-        hashes = (hashes[:-1] * _SHINGLE_MULT) ^ right
+        # In-place steps: each numpy call costs about as much as the arithmetic on 256 items.
+        tail = hashes[1:]
+        right = tail << _ONE
+        right |= tail >> _SIXTY_THREE
+        hashes = hashes[:-1] * _SHINGLE_MULT
+        hashes ^= right
     return _vote(hashes)
 
 
 def _vote(hashes: npt.NDArray[np.uint64]) -> int:
     bits = np.unpackbits(hashes.view(np.uint8)).reshape(-1, 64)
-    ones = bits.sum(axis=0, dtype=np.int32)
-    packed = np.packbits(ones * 2 > len(hashes))
+    # Counting the ones per bit as a product with a vector of ones is faster for long
+    # inputs; float32 counts are exact up to 2**24.
+    ones = _ONES[: len(hashes)] @ bits if len(hashes) >= _MATMUL_FROM else bits.sum(axis=0, dtype=np.int32)
+    packed = np.packbits(ones > len(hashes) / 2)
     return int.from_bytes(packed.tobytes(), "big") & _MASK64
 
 
@@ -178,7 +302,11 @@ def hamming(a: int, b: int) -> int:
 
 def short(text: str | None, limit: int = 60) -> str:
     """One line of ``text`` for evidence: whitespace collapsed, cut to ``limit`` characters."""
-    flat = _WS.sub(" ", text or "").strip()
+    text = text or ""
+    # Collapsing a prefix gives a prefix of the collapsed whole, so when the prefix alone is
+    # long enough the rest of a long observation need not be scanned (this runs per action).
+    head = " ".join(text[: 4 * limit].split())
+    flat = head if len(head) > limit or len(text) <= 4 * limit else " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 

@@ -1,34 +1,29 @@
 """`RunWindow`: the per-run state the detectors read (DESIGN §4).
 
-Memory is bounded: the last ``Policy.window`` *actions* live in fixed-size numpy ring
-buffers (about 50 bytes per action), plus a few scalars. An action is a ``tool_call``
-paired with its ``tool_result`` by ``call_id``, or a ``message`` with ``ok=false`` (a
-mini-swe-agent format error is the agent acting wrongly, not talking).
+Memory is bounded and small (under 4 KB a run at the default window of 64): the last
+``Policy.window`` *actions* live in packed rings (about 25 bytes per action: observation
+and (action, observation) fingerprints, seq, flags), and the fields only the short-span
+detectors read (action fingerprint, SimHash, error digest) in rings just as long as those
+spans. An action is a ``tool_call`` paired with its ``tool_result`` by ``call_id``, or a
+``message`` with ``ok=false`` (a mini-swe-agent format error is the agent acting wrongly,
+not talking).
 
-Work per event is O(1) amortized, apart from a handful of vectorized numpy compares over
-the ring, which for the default window of 64 cost about a microsecond each. Rolling
-cycle matching keeps, for each period ``p``, how many consecutive actions equalled the
-one ``p`` back, so a cycle check never rescans the window.
+Work per event is O(1): where else the latest fingerprints occur in the window is one
+C-speed ``bytearray.find`` (see ``_ring``), and rolling cycle matching keeps, for each
+period ``p``, how many consecutive actions equalled the one ``p`` back, so a cycle check
+never rescans the window. A pair never seen before in the window resets all of that at once.
 """
 
 from __future__ import annotations
 
 import re
-from collections import OrderedDict, deque
+from array import array
 from dataclasses import dataclass
 
-import numpy as np
-
+from actors.supervisor import _ring
+from actors.supervisor._actions import action_of, is_empty_output
 from actors.supervisor.classify import error_text, is_hidden_failure
-from actors.supervisor.fingerprint import (
-    action_digest,
-    digest,
-    normalize,
-    normalize_loose,
-    observation_fingerprint,
-    render_args,
-    short,
-)
+from actors.supervisor.fingerprint import digest, normalize, normalize_loose, observation_fingerprint, short
 from protocols.messages import StepEvent, StepKind, Verdict
 from protocols.policy import Policy
 
@@ -75,20 +70,22 @@ class RunWindow:
         "err",
         "errors",
         "events",
+        "fail_brief",
         "first_ts",
         "flags",
+        "label",
         "labels",
-        "last_error_text",
         "last_kind",
         "last_novel_at",
-        "last_obs_text",
         "last_seen",
         "last_seq",
         "last_ts",
         "last_verdict",
         "n",
         "obs",
+        "obs_brief",
         "pair",
+        "pair_count",
         "paused",
         "pending",
         "policy",
@@ -112,25 +109,16 @@ class RunWindow:
     def __init__(self, run_id: str, policy: Policy) -> None:
         """Create an empty window sized by ``policy.window`` actions."""
         self.run_id = run_id
-        self.policy = policy
-        size = policy.window
-        self.size = size
-        # Ring buffers, indexed by action number modulo ``size``.
-        self.act = np.zeros(size, dtype=np.uint64)
-        self.obs = np.zeros(size, dtype=np.uint64)
-        self.pair = np.zeros(size, dtype=np.uint64)
-        self.sim = np.zeros(size, dtype=np.uint64)
-        self.err = np.zeros(size, dtype=np.uint64)
-        self.seq = np.zeros(size, dtype=np.int64)
-        self.flags = np.zeros(size, dtype=np.uint8)
-        self.labels: deque[str] = deque(maxlen=policy.cycle_max_period + 1)
         self.n = 0  # actions seen so far
+        self.set_policy(policy)
         # Rolling state of the loop detectors.
-        self.cycle_run = [0] * (policy.cycle_max_period + 1)
         self.streak = 0
+        self.pair_count = 0  # slots holding the latest (action, observation) pair
         self.consecutive_failures = 0
-        self.last_obs_text = ""
-        self.last_error_text = ""
+        # One line of the latest observation, and of the latest failure, for evidence:
+        # the full text can be 64 KB, and the window must not keep it alive.
+        self.obs_brief = ""
+        self.fail_brief = ""
         # Counters.
         self.events = 0
         self.steps = 0
@@ -153,16 +141,43 @@ class RunWindow:
         self.last_kind: StepKind | None = None
         self.current_tool: str | None = None
         self.last_seen = 0.0  # supervisor clock
-        self.pending: OrderedDict[str, PendingCall] = OrderedDict()
-        # Engine bookkeeping.
-        self.warned: set[str] = set()
-        self.acted: set[str] = set()
+        # Oldest first (dicts keep insertion order); a plain dict is half an OrderedDict's size.
+        self.pending: dict[str, PendingCall] = {}
+        # Engine bookkeeping: bit masks of reasons (see engine.py), not sets, to stay small.
+        self.warned = 0
+        self.acted = 0
         self.stopped = False
         self.paused = False
         self.completed = False
         self.stop_reason: str | None = None
         self.last_verdict: Verdict | None = None
         self.snooze_until = 0.0
+
+    def set_policy(self, policy: Policy) -> None:
+        """Adopt ``policy`` and size the rings by it; only before the first action."""
+        if self.n:
+            raise ValueError("a window's policy is fixed once it holds actions")
+        self.policy = policy
+        size = policy.window
+        self.size = size
+        # Whole-window rings, indexed by action number modulo ``size``.
+        self.obs = _ring.new_ring(size)
+        self.pair = _ring.new_ring(size)
+        # Seqs as their low 32 bits: :meth:`seqs` restores them from ``last_seq`` (a window
+        # never spans 2**31 seqs), which halves the largest ring.
+        self.seq = array("I", bytes(4 * size))
+        self.flags = bytearray(size)
+        # Short rings, indexed by action number modulo their own length: only the
+        # near-duplicate and same-error detectors read these, over their short spans.
+        self.act = array("Q", bytes(8 * min(size, 2 * policy.near_dup_threshold)))
+        self.sim = array("Q", bytes(8 * len(self.act)))
+        self.err = array("Q", bytes(8 * min(size, 2 * policy.same_error_threshold)))
+        period = policy.cycle_max_period
+        # The last ``period`` action labels, cut to what cycle evidence shows, as one string of
+        # fixed-width slots padded with newlines (never in a label): one object, not ``period``.
+        self.labels = _PAD * (_LABEL_WIDTH * period)
+        self.label = ""  # the latest action's label, whole
+        self.cycle_run = [0] * (period + 1)
 
     # ------------------------------------------------------------------ updates
 
@@ -214,12 +229,13 @@ class RunWindow:
         self.steps += 1
         self.tool_calls += 1
         self.current_tool = event.tool
-        call = PendingCall(event.seq, now, event.tool, action_digest(event.tool, event.args), _label(event))
+        action, label = action_of(event)
+        call = PendingCall(event.seq, now, event.tool, action, label)
         key = event.call_id or f"seq-{event.seq}"
         self.pending[key] = call
         if len(self.pending) > self.size:
             # An agent that never reports results must not grow the window without bound.
-            self.pending.popitem(last=False)
+            del self.pending[next(iter(self.pending))]
 
     def _result(self, event: StepEvent) -> bool:
         call = self.pending.pop(event.call_id, None) if event.call_id else None
@@ -227,9 +243,8 @@ class RunWindow:
             # Traffic that began mid-run, or a result without its call: the result names the action.
             self.steps += 1
             self.tool_calls += 1
-            call = PendingCall(
-                event.seq, self.last_seen, event.tool, action_digest(event.tool, event.args), _label(event)
-            )
+            action, label = action_of(event)
+            call = PendingCall(event.seq, self.last_seen, event.tool, action, label)
         self.current_tool = None
         failed = event.ok is False or is_hidden_failure(event.observation)
         self._push(call.action, call.label, call.tool, call.seq, event.observation, failed, event.error)
@@ -239,8 +254,8 @@ class RunWindow:
         if event.ok is not False:
             # A conversational turn: not an action, but new content from the user is novelty.
             if event.observation:
-                obs, _ = observation_fingerprint(event.observation)
-                if not bool(np.any(self.obs == np.uint64(obs))):
+                obs = digest(normalize(event.observation))
+                if not _ring.contains(self.obs, _ring.key(obs)):
                     self.last_novel_at = self.n
             return False
         self.steps += 1
@@ -262,10 +277,10 @@ class RunWindow:
         error: str | None,
     ) -> None:
         obs, sim = observation_fingerprint(observation)
-        size = self.size
-        i = self.n % size
-        prev = (self.n - 1) % size
-        has_prev = self.n > 0
+        n = self.n
+        i = n % self.size
+        act = self.act
+        prev_flags = self.flags[(n - 1) % self.size] if n else 0
         pair = ((action * _PAIR_MULT) ^ obs) & _MASK64 or 1
         flags = 0
         if failed:
@@ -274,40 +289,57 @@ class RunWindow:
         # A malformed message is the agent's failure, not a tool's: it neither extends nor breaks the streak.
         if tool != "message":
             self.consecutive_failures = self.consecutive_failures + 1 if failed else 0
-        if has_prev and int(self.act[prev]) == action and self.flags[prev] & FAILED:
+        if n and act[(n - 1) % len(act)] == action and prev_flags & FAILED:
             flags |= RETRY
             self.retries += 1
         if tool == "message":
             flags |= MESSAGE
-        if tool in NAVIGATION_TOOLS and _is_empty_output(observation):
+        if tool in NAVIGATION_TOOLS and is_empty_output(observation):
             flags |= TRIVIAL
-        novel = not bool(np.any(self.obs == np.uint64(obs)))
-        if novel:
-            self.last_novel_at = self.n + 1
-        # Rolling loop state, before the slot is overwritten.
-        self.streak = self.streak + 1 if has_prev and int(self.pair[prev]) == pair else 1
-        for p in range(2, len(self.cycle_run)):
-            if self.n >= p and int(self.pair[(self.n - p) % size]) == pair:
-                self.cycle_run[p] += 1
-            else:
-                self.cycle_run[p] = 0
-        self.act[i] = action
-        self.obs[i] = obs
-        self.pair[i] = pair
-        self.sim[i] = sim
+        obs_key = _ring.key(obs)
+        if not _ring.contains(self.obs, obs_key):
+            self.last_novel_at = n + 1
+        pair_key = _ring.key(pair)
+        self._roll(pair_key)
+        _ring.put(self.obs, i, obs_key)
+        _ring.put(self.pair, i, pair_key)
+        near = n % len(act)
+        act[near] = action
+        self.sim[near] = sim
         # Exact normalization (numbers kept): "found 2 actions" and "found 3 actions" are different complaints.
         text = error_text(observation, error) if failed else ""
         # A bare exit status ("returncode 1" after an empty output) names no error: a grep that
         # found nothing in four different files is four different questions, not one error.
         # The tool is left out on purpose: each variation of an install command (pip, pip3,
         # python -m pip) failing with the same missing-package error is one error.
-        self.err[i] = digest(normalize(text)) if text and not _BARE_STATUS.match(text) else 0
-        self.seq[i] = seq
+        self.err[n % len(self.err)] = digest(normalize(text)) if text and not _BARE_STATUS.match(text) else 0
+        self.seq[i] = seq & _LOW32
         self.flags[i] = flags
-        self.labels.append(label)
-        self.last_obs_text = observation or ""
-        self.last_error_text = error or ""
-        self.n += 1
+        self.label = label
+        at = n % (len(self.labels) // _LABEL_WIDTH) * _LABEL_WIDTH
+        # ``label`` is already one flat line (from ``short``), so cutting it is ``short(label, 30)``.
+        cut = label if len(label) <= _LABEL_WIDTH else label[: _LABEL_WIDTH - 3] + "..."
+        cut = cut.ljust(_LABEL_WIDTH, _PAD)
+        self.labels = f"{self.labels[:at]}{cut}{self.labels[at + _LABEL_WIDTH :]}"
+        self.obs_brief = short(observation)
+        self.fail_brief = self.obs_brief if observation else short(error)
+        self.n = n + 1
+
+    def _roll(self, pair_key: bytes) -> None:
+        """Update the rolling loop state from where the new pair occurs, before its slot is overwritten."""
+        n, size = self.n, self.size
+        earlier = _ring.slots_of(self.pair, pair_key)
+        cycle_run = self.cycle_run
+        if earlier:
+            self.streak = self.streak + 1 if (n - 1) % size in earlier else 1
+            for p in range(2, len(cycle_run)):
+                cycle_run[p] = cycle_run[p] + 1 if n >= p and (n - p) % size in earlier else 0
+            self.pair_count = len(earlier) + (n % size not in earlier)
+        else:
+            # A pair new to the window: no streak, no cycle, no recurrence (the common case).
+            self.streak = 1
+            cycle_run[:] = _zeros(len(cycle_run))
+            self.pair_count = 1
 
     # ------------------------------------------------------------------ queries
 
@@ -316,17 +348,24 @@ class RunWindow:
         k = min(k, self.n, self.size)
         return [(self.n - k + j) % self.size for j in range(k)]
 
-    def valid(self) -> np.ndarray[tuple[int], np.dtype[np.bool_]]:
-        """Mask of ring slots that hold an action."""
-        if self.n >= self.size:
-            return np.ones(self.size, dtype=np.bool_)
-        mask = np.zeros(self.size, dtype=np.bool_)
-        mask[: self.n] = True
-        return mask
-
-    def seqs(self, indices: list[int] | np.ndarray[tuple[int], np.dtype[np.intp]]) -> tuple[int, ...]:
+    def seqs(self, indices: list[int]) -> tuple[int, ...]:
         """The seq numbers of ring slots, in seq order."""
-        return tuple(sorted(int(self.seq[i]) for i in indices))
+        seq, last = self.seq, self.last_seq
+        # The signed 32-bit distance from the latest seq, added back to it.
+        return tuple(sorted(last + ((seq[i] - last + _HALF32) & _LOW32) - _HALF32 for i in indices))
+
+    def slots_of_last_pair(self) -> list[int]:
+        """Ring slots holding the latest (action, observation) pair."""
+        return _ring.slots_of(self.pair, _ring.key(_ring.get(self.pair, self.last)))
+
+    def last_labels(self, k: int) -> list[str]:
+        """Labels of the last ``k`` actions, oldest first, cut to 30 characters; empty when fewer are kept."""
+        labels, width = self.labels, _LABEL_WIDTH
+        period = len(labels) // width
+        if k > min(self.n, period):
+            return []
+        slots = ((self.n - k + j) % period * width for j in range(k))
+        return [labels[at : at + width].rstrip(_PAD) for at in slots]
 
     @property
     def last(self) -> int:
@@ -338,19 +377,24 @@ class RunWindow:
         """True once the run completed or was stopped: the engine no longer judges it."""
         return self.stopped or self.completed
 
-
-def _label(event: StepEvent) -> str:
-    """A short human name for an action: the shell command itself, or ``tool args``."""
-    rendered = render_args(event.args)
-    tool = event.tool or ""
-    if rendered.startswith(tool):
-        return short(rendered)
-    return short(f"{tool} {rendered}".strip())
+    def ring_bytes(self) -> int:
+        """Bytes held by the rings' buffers (for the memory benchmark)."""
+        rings = (self.obs, self.pair, self.seq, self.flags, self.act, self.sim, self.err)
+        return sum(len(r) * (r.itemsize if isinstance(r, array) else 1) for r in rings)
 
 
-def _is_empty_output(observation: str | None) -> bool:
-    text = (observation or "").replace("<returncode>0</returncode>", "").replace("<output>", "")
-    return not text.replace("</output>", "").strip()
+_LOW32 = (1 << 32) - 1
+_HALF32 = 1 << 31
+_LABEL_WIDTH = 30
+_PAD = "\n"
+_ZEROS: dict[int, list[int]] = {}
+
+
+def _zeros(length: int) -> list[int]:
+    zeros = _ZEROS.get(length)
+    if zeros is None:
+        zeros = _ZEROS[length] = [0] * length
+    return zeros
 
 
 __all__ = ["FAILED", "MESSAGE", "NAVIGATION_TOOLS", "RETRY", "TRIVIAL", "PendingCall", "RunWindow"]

@@ -17,6 +17,7 @@ from actors.supervisor import (
     RunWindow,
     SameError,
     StallTimers,
+    _ring,
     check_stall,
     is_hidden_failure,
 )
@@ -418,3 +419,24 @@ def test_stall_timers_earlier_deadline_wins() -> None:
     timers.schedule("a", 5.0)
     assert timers.due(6.0) == ["a"]
     assert timers.due(60.0) == []
+
+
+def test_ring_lookup_ignores_matches_across_slots() -> None:
+    ring = _ring.new_ring(4)
+    _ring.put(ring, 0, (0x1122334455667788).to_bytes(8, "little"))
+    _ring.put(ring, 1, (0x99AABBCCDDEEFF00).to_bytes(8, "little"))
+    straddling = bytes(ring[4:12])  # the high half of slot 0 and the low half of slot 1
+    assert _ring.slots_of(ring, straddling) == []
+    assert not _ring.contains(ring, straddling)
+    assert _ring.slots_of(ring, _ring.key(0x99AABBCCDDEEFF00)) == [1]
+    assert _ring.get(ring, 0) == 0x1122334455667788
+
+
+def test_evidence_seqs_survive_the_ring() -> None:
+    # Seqs are kept as their low 32 bits; evidence must still name the real seqs.
+    s = Script()
+    s.seq = 5_000_000_000
+    seqs = [s.act("find_file JsonParser", "No matches found for JsonParser in /repo") for _ in range(3)]
+    verdict = ExactRepeat().check(s.window, POLICY)
+    assert verdict is not None
+    assert verdict.evidence.seqs == tuple(seqs)

@@ -266,3 +266,18 @@ def test_real_loop_runs_are_caught_and_healthy_runs_are_not() -> None:
     assert len(loops) == 4
     assert loops <= acted
     assert not (healthy & acted)
+
+
+def test_start_policy_sizes_the_window() -> None:
+    engine = Engine()
+    start = StepEvent.model_validate(
+        {"run_id": "sized", "seq": 1, "ts": 1.0, "kind": "start", "policy": Policy(window=8).model_dump()}
+    )
+    engine.observe(start, 1.0)
+    feed = Feed(engine, "sized")
+    feed.seq = 1
+    for i in range(20):
+        feed.act(f"cat f{i}.py", f"body {i}")
+    window = engine.windows["sized"]
+    assert window.size == 8
+    assert window.policy.window == 8

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.supervisor import action_digest, hamming, normalize, normalize_loose, observation_digest, simhash
-from actors.supervisor.fingerprint import digest, observation_fingerprint
+from actors.supervisor.fingerprint import _normalize, _normalize_unicode, digest, observation_fingerprint, short
 
 _VOLATILE = st.text(alphabet="0123456789abcdefx:-./ tmpline\n\tTZ", max_size=80)
 
@@ -101,3 +101,24 @@ def test_observation_fingerprint_matches_parts() -> None:
 def test_empty_observation_has_zero_simhash() -> None:
     assert simhash("") == 0
     assert observation_digest(None) == observation_digest("")
+
+
+_ASCII_VOLATILE = st.text(alphabet="0123456789abcdefABCDEFx:-./ =_,tmpvarlinenoLsecmuh\n\t", max_size=120)
+
+
+@given(_ASCII_VOLATILE)
+def test_ascii_prechecks_never_skip_a_match(text: str) -> None:
+    # The class prechecks of ASCII text only skip passes that could not match anyway.
+    assert _normalize(text) == _normalize_unicode(" ".join(text.split()))
+
+
+@given(st.text(max_size=400), st.integers(min_value=4, max_value=80))
+def test_short_is_one_collapsed_line_cut_to_limit(text: str, limit: int) -> None:
+    flat = " ".join(text.split())
+    expected = flat if len(flat) <= limit else flat[: limit - 3] + "..."
+    assert short(text, limit) == expected
+
+
+def test_repeated_observations_get_the_same_fingerprint() -> None:
+    text = "collected 3 items\ntests/test_a.py ... 3 passed in 0.12s"
+    assert observation_fingerprint(text) == observation_fingerprint(text[:-1] + "s")

@@ -1,0 +1,29 @@
+"""How a step event becomes an action: its digest and its human label (DESIGN §4, "Loops")."""
+
+from __future__ import annotations
+
+from actors.supervisor.fingerprint import action_digest, render_args, short
+from protocols.messages import StepEvent
+
+
+def action_of(event: StepEvent) -> tuple[int, str]:
+    """The action's digest and its label, rendering the arguments once."""
+    rendered = render_args(event.args)
+    return action_digest(event.tool, event.args, rendered), _label(event.tool, rendered)
+
+
+def _label(tool: str | None, rendered: str) -> str:
+    """A short human name for an action: the shell command itself, or ``tool args``."""
+    tool = tool or ""
+    if rendered.startswith(tool):
+        return short(rendered)
+    return short(f"{tool} {rendered}".strip())
+
+
+def is_empty_output(observation: str | None) -> bool:
+    """Whether a harness output is empty once its wrapper (return code 0, output tags) is gone."""
+    text = (observation or "").replace("<returncode>0</returncode>", "").replace("<output>", "")
+    return not text.replace("</output>", "").strip()
+
+
+__all__ = ["action_of", "is_empty_output"]
