@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -25,22 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from actors.supervisor import Engine
-from protocols.codec import DecodeError, from_obj
+from bench.traffic import read_events
 from protocols.messages import StepEvent, Verdict
 
 DEFAULT_STEPS = Path("../shared/traces/dev.steps.jsonl")
-
-
-def read_events(path: Path) -> Iterator[StepEvent]:
-    """Yield the step events of a JSON Lines file, skipping (and reporting) undecodable lines."""
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield from_obj(StepEvent, json.loads(line))
-            except (DecodeError, json.JSONDecodeError) as exc:
-                print(f"{path}:{number}: skipped: {exc}", file=sys.stderr)
 
 
 def decision(verdict: Verdict) -> dict[str, Any]:
@@ -57,15 +44,26 @@ def decision(verdict: Verdict) -> dict[str, Any]:
 
 
 def replay(events: Iterator[StepEvent], engine: Engine) -> Iterator[Verdict]:
-    """Feed events to the engine, ticking its stall timers on the event clock."""
-    last_run: str | None = None
+    """Feed events to the engine, ticking its stall timers on the event clock.
+
+    Files whose runs were recorded one after another, each from the same start time (the dev
+    traces), make the clock jump back at each new run: every run seen before is then over.
+    Interleaved traffic (``bench.synth``, live recordings) keeps one clock, so silent runs are
+    found by the stall timers, and a last tick past every deadline ends the file.
+    """
+    previous: float | None = None
+    latest = 0.0
     for event in events:
-        if event.run_id != last_run and last_run is not None:
-            # Runs are written one after another: the previous one is over for this replay.
+        if previous is not None and event.ts < previous:
             engine.evict_idle(float("inf"), 0.0)
-        last_run = event.run_id
+            latest = 0.0
+        previous = event.ts
+        latest = max(latest, event.ts)
         yield from engine.tick(event.ts)
         yield from engine.observe(event, event.ts)
+    if previous is not None:
+        policy = engine.policy
+        yield from engine.tick(latest + max(policy.stall_timeout_s, policy.tool_timeout_s) + 1.0)
 
 
 def synthetic_run(run_id: str, actions: int) -> list[StepEvent]:
@@ -143,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def counted() -> Iterator[StepEvent]:
         nonlocal events
-        for event in read_events(args.steps):
+        for event in read_events(args.steps, skip_bad=True):
             events += 1
             yield event
 

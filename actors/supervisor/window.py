@@ -77,6 +77,7 @@ class RunWindow:
         "labels",
         "last_kind",
         "last_novel_at",
+        "last_result_call",
         "last_seen",
         "last_seq",
         "last_ts",
@@ -91,6 +92,7 @@ class RunWindow:
         "policy",
         "progress",
         "retries",
+        "retry_next",
         "run_id",
         "seq",
         "sim",
@@ -143,6 +145,9 @@ class RunWindow:
         self.last_seen = 0.0  # supervisor clock
         # Oldest first (dicts keep insertion order); a plain dict is half an OrderedDict's size.
         self.pending: dict[str, PendingCall] = {}
+        # The call_id of the latest tool_result: a tool_call reusing it is an executor's retry attempt.
+        self.last_result_call: str | None = None
+        self.retry_next = False  # the next recorded action is an executor's retry attempt
         # Engine bookkeeping: bit masks of reasons (see engine.py), not sets, to stay small.
         self.warned = 0
         self.acted = 0
@@ -226,8 +231,15 @@ class RunWindow:
             self.best_progress_at = self.n
 
     def _call(self, event: StepEvent, now: float) -> None:
-        self.steps += 1
-        self.tool_calls += 1
+        if event.call_id is not None and event.call_id == self.last_result_call and self.n:
+            # A tool executor retrying the call whose failed attempt was just recorded (same call_id):
+            # one call with several attempts, not an agent repeating itself. The failed attempt stays a
+            # failure and the next one counts as a retry, but it must not feed the loop detectors.
+            self._forget_attempt(self.n - 1)
+            self.retry_next = True
+        else:
+            self.steps += 1
+            self.tool_calls += 1
         self.current_tool = event.tool
         action, label = action_of(event)
         call = PendingCall(event.seq, now, event.tool, action, label)
@@ -246,6 +258,7 @@ class RunWindow:
             action, label = action_of(event)
             call = PendingCall(event.seq, self.last_seen, event.tool, action, label)
         self.current_tool = None
+        self.last_result_call = event.call_id
         failed = event.ok is False or is_hidden_failure(event.observation)
         self._push(call.action, call.label, call.tool, call.seq, event.observation, failed, event.error)
         return True
@@ -289,9 +302,10 @@ class RunWindow:
         # A malformed message is the agent's failure, not a tool's: it neither extends nor breaks the streak.
         if tool != "message":
             self.consecutive_failures = self.consecutive_failures + 1 if failed else 0
-        if n and act[(n - 1) % len(act)] == action and prev_flags & FAILED:
+        if self.retry_next or (n and act[(n - 1) % len(act)] == action and prev_flags & FAILED):
             flags |= RETRY
             self.retries += 1
+            self.retry_next = False
         if tool == "message":
             flags |= MESSAGE
         if tool in NAVIGATION_TOOLS and is_empty_output(observation):
@@ -324,6 +338,17 @@ class RunWindow:
         self.obs_brief = short(observation)
         self.fail_brief = self.obs_brief if observation else short(error)
         self.n = n + 1
+
+    def _forget_attempt(self, action_index: int) -> None:
+        """Take a retried attempt out of loop and repeated-error matching (its failure and counters stay)."""
+        # A fingerprint no real pair has (real ones are 64-bit hashes): unique per action index.
+        unique = (1 << 63) | (action_index + 1)
+        _ring.put(self.pair, action_index % self.size, _ring.key(unique))
+        self.act[action_index % len(self.act)] = unique  # nor does it make the action a near-duplicate
+        self.err[action_index % len(self.err)] = 0  # one call's attempts failing alike are one error
+        self.streak = 0
+        self.cycle_run[:] = _zeros(len(self.cycle_run))
+        self.pair_count = 0
 
     def _roll(self, pair_key: bytes) -> None:
         """Update the rolling loop state from where the new pair occurs, before its slot is overwritten."""

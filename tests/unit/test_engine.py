@@ -281,3 +281,34 @@ def test_start_policy_sizes_the_window() -> None:
     window = engine.windows["sized"]
     assert window.size == 8
     assert window.policy.window == 8
+
+
+def _executor_attempts(feed: Feed, call_id: str, failures: int, final_ok: bool) -> None:
+    """What the agent SDK and a tool executor publish for one call retried ``failures`` times."""
+    args = {"order": "A-1"}
+    feed.event("tool_call", tool="flaky_api", call_id=call_id, args=args)  # the agent's call
+    for _ in range(failures):  # the executor: each failed attempt, then the next attempt
+        feed.event("tool_result", tool="flaky_api", call_id=call_id, ok=False, error="ConnectionError: reset")
+        feed.event("tool_call", tool="flaky_api", call_id=call_id, args=args)
+    feed.event("tool_result", tool="flaky_api", call_id=call_id, ok=final_ok, observation="order A-1: shipped")
+
+
+def test_executor_retries_of_one_call_are_retries_not_a_loop() -> None:
+    # Given a flaky tool that the executor retries three times under the same call_id,
+    engine = Engine()
+    feed = Feed(engine)
+    _executor_attempts(feed, "c1", failures=3, final_ok=True)
+    # then nothing calls it a loop, and the state counts one call with three retries.
+    assert [v.reason for v in feed.verdicts if v.reason is StopReason.LOOP_DETECTED] == []
+    state = engine.state("run-1")
+    assert state.counters.tool_calls == 1
+    assert state.counters.retries == 3
+    assert state.counters.errors == 3
+
+
+def test_agent_reissuing_a_failing_command_is_still_a_loop() -> None:
+    # The same failing action under new call_ids is the agent repeating itself, not an executor retry.
+    feed = Feed(Engine())
+    for _ in range(4):
+        feed.act("pip install nonexistent-pkg", "ERROR: No matching distribution found", ok=False)
+    assert any(v.severity == "stop" for v in feed.verdicts)
