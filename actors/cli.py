@@ -9,6 +9,7 @@ import importlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from actors.server import EmbeddedServer, ServerError, connect, provision
 from actors.supervisor.worker import SupervisorWorker
 from actors.tools import ToolExecutor, ToolRegistry
 from protocols.codec import DecodeError
-from protocols.messages import Command, check_run_id
+from protocols.messages import Command, RunState, check_run_id
+from protocols.reasons import RunStatus
 from protocols.subjects import DEFAULT_LEASE_TTL_S
 
 log = logging.getLogger("runvisor")
@@ -87,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
 
     ps = sub.add_parser("ps", help="list runs with their status and counters")
     ps.set_defaults(handler=_ps)
+
+    top = sub.add_parser("top", help="live view of the most recently active runs, refreshed until Ctrl-C")
+    top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    top.add_argument("--limit", type=int, default=30, help="runs shown (default 30)")
+    top.set_defaults(handler=_top)
     return parser
 
 
@@ -238,15 +245,36 @@ async def _why(args: argparse.Namespace, stop: asyncio.Event) -> int:
     return await _operator(work)
 
 
+def ps_table(states: list[RunState]) -> str:
+    """Runs as ``runvisor ps`` and ``runvisor top`` print them."""
+    lines = [f"{'RUN':40} {'STATUS':9} {'REASON':20} {'STEP':>6} {'TOKENS':>9} {'COST':>9} TOOL"]
+    for s in states:
+        lines.append(
+            f"{s.run_id[:40]:40} {s.status:9} {s.stop_reason or '-':20} {s.last_seq:>6} "
+            f"{s.counters.tokens:>9} {s.counters.cost_usd:>9.4f} {s.current_tool or '-'}"
+        )
+    return "\n".join(lines)
+
+
 async def _ps(args: argparse.Namespace, stop: asyncio.Event) -> int:
     async def work(nc: Client) -> int:
-        states = await list_states(nc)
-        print(f"{'RUN':40} {'STATUS':9} {'REASON':20} {'STEP':>6} {'TOKENS':>9} {'COST':>9} TOOL")
-        for s in states:
-            print(
-                f"{s.run_id[:40]:40} {s.status:9} {s.stop_reason or '-':20} {s.last_seq:>6} "
-                f"{s.counters.tokens:>9} {s.counters.cost_usd:>9.4f} {s.current_tool or '-'}"
-            )
+        print(ps_table(await list_states(nc)))
+        return 0
+
+    return await _operator(work)
+
+
+async def _top(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    async def work(nc: Client) -> int:
+        while not stop.is_set():
+            states = await list_states(nc)
+            running = sum(s.status == RunStatus.RUNNING for s in states)
+            header = f"runvisor top: {len(states)} runs, {running} running, {time.strftime('%H:%M:%S')}  (Ctrl-C quits)"
+            # Clear the screen and home the cursor, like top; plain lines when not on a terminal.
+            prefix = "\x1b[2J\x1b[H" if sys.stdout.isatty() else ""
+            print(f"{prefix}{header}\n{ps_table(states[: args.limit])}", flush=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.interval)
         return 0
 
     return await _operator(work)

@@ -102,6 +102,18 @@ async def test_runvisor_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -
         assert info["url"].startswith("nats://127.0.0.1:")
         assert any("nats context save runvisor" in line for line in output)
         server_pid = info["pid"]
+        # An operator in another terminal finds the server through the data dir.
+        assert (await _cli(env, "pause", "run-7", "budget", "review"))[0:2] == (
+            0,
+            "pause sent to run-7 (RV_CONTROL seq 1)",
+        )
+        rc, out, err = await _cli(env, "why", "nosuchrun")
+        assert (rc, "no run 'nosuchrun' is known" in err, "Traceback" in err) == (2, True, False)
+        rc, out, err = await _cli(env, "why", "bad.id")
+        assert (rc, "run_id must be one subject token" in err) == (2, True)
+        rc, out, _ = await _cli(env, "ps")
+        assert rc == 0
+        assert out.startswith("RUN")
         proc.send_signal(signal.SIGTERM)
         rest, _ = await asyncio.wait_for(proc.communicate(), 20)
         assert proc.returncode == 0, rest.decode()
@@ -112,3 +124,13 @@ async def test_runvisor_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "actors.cli", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode().strip(), err.decode()
