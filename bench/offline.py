@@ -62,8 +62,10 @@ def replay(events: Iterator[StepEvent], engine: Engine) -> Iterator[Verdict]:
         yield from engine.tick(event.ts)
         yield from engine.observe(event, event.ts)
     if previous is not None:
-        policy = engine.policy
-        yield from engine.tick(latest + max(policy.stall_timeout_s, policy.tool_timeout_s) + 1.0)
+        # Past every deadline, twice: a stall warns at the first silent period and acts at the second.
+        silence = max(engine.policy.stall_timeout_s, engine.policy.tool_timeout_s) + 1.0
+        yield from engine.tick(latest + silence)
+        yield from engine.tick(latest + 2 * silence)
 
 
 def synthetic_run(run_id: str, actions: int) -> list[StepEvent]:

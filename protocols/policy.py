@@ -28,6 +28,7 @@ class Policy(BaseModel):
     near_dup_threshold: int = Field(default=4, ge=2, description="near-identical action+observation pairs")
     near_dup_max_distance: int = Field(default=3, ge=0, le=32, description="simhash Hamming distance")
     same_error_threshold: int = Field(default=4, ge=2, description="same normalized error repeated")
+    fruitless_search_threshold: int = Field(default=4, ge=2, description="same search finding nothing, anywhere")
 
     # Progress
     no_progress_steps: int = Field(default=30, ge=4, description="actions without novelty or progress")

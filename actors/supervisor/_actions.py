@@ -5,11 +5,15 @@ from __future__ import annotations
 from actors.supervisor.fingerprint import action_digest, render_args, short
 from protocols.messages import StepEvent
 
+#: Commands whose empty output is never evidence of a loop: moving around and listing
+#: (DESIGN §4). A classification, not a threshold, so it lives here rather than in Policy.
+NAVIGATION_TOOLS = frozenset({"cd", "ls", "pwd", "pushd", "popd", "dir", "tree", "clear", "true"})
 
-def action_of(event: StepEvent) -> tuple[int, str]:
-    """The action's digest and its label, rendering the arguments once."""
+
+def action_of(event: StepEvent) -> tuple[int, str, str]:
+    """The action's digest, its label and its rendered arguments, rendering them once."""
     rendered = render_args(event.args)
-    return action_digest(event.tool, event.args, rendered), _label(event.tool, rendered)
+    return action_digest(event.tool, event.args, rendered), _label(event.tool, rendered), rendered
 
 
 def _label(tool: str | None, rendered: str) -> str:
@@ -26,4 +30,4 @@ def is_empty_output(observation: str | None) -> bool:
     return not text.replace("</output>", "").strip()
 
 
-__all__ = ["action_of", "is_empty_output"]
+__all__ = ["NAVIGATION_TOOLS", "action_of", "is_empty_output"]

@@ -23,6 +23,10 @@ _ANYWHERE = re.compile(
     r"Permission denied|Segmentation fault|HTTP/\d(?:\.\d)? [45]\d\d\b"
 )
 _JSON_ERROR_KEYS = ("error", "errors", "exception")
+# Tools named for fetching data: an empty result means they did not do their job ("an empty
+# result where one is required", DESIGN §4). Shell commands (``ls``, ``grep``) and tools that act
+# or think (``think``, ``update_x``) are not among them: empty is a normal answer from those.
+_DATA_TOOL = re.compile(r"(?:get|fetch|export|query|lookup|search|retrieve|download|list)_", re.IGNORECASE)
 
 
 def is_hidden_failure(observation: str | None, *, content_required: bool = False) -> bool:
@@ -45,6 +49,11 @@ def is_hidden_failure(observation: str | None, *, content_required: bool = False
     if _LEADING_ERROR.match(body.lstrip()):
         return True
     return _ANYWHERE.search(observation) is not None
+
+
+def content_required(tool: str | None) -> bool:
+    """Whether ``tool`` is named for fetching data, so that an empty result from it is a failure."""
+    return tool is not None and _DATA_TOOL.match(tool) is not None
 
 
 def _json_failure(body: str) -> bool:
@@ -72,4 +81,4 @@ def error_text(observation: str | None, error: str | None) -> str:
     return body or (error or "").strip()
 
 
-__all__ = ["error_text", "is_hidden_failure"]
+__all__ = ["content_required", "error_text", "is_hidden_failure"]

@@ -230,6 +230,38 @@ class SameError:
         return finding(window, self.name, self.reason, summary, seqs)
 
 
+class FruitlessSearch:
+    """The same search finding nothing ``fruitless_search_threshold`` times within twice as many actions.
+
+    "Searching file after file for a term that does not exist" (DESIGN §4): each action and
+    each answer names another place, so nothing else matches them, but with the places
+    masked it is one question getting the same negative answer ("No matches found", "No
+    such file", or an empty output with a non-zero status; see ``_negative``). An agent
+    that checks two or three places before finding something stays under the threshold,
+    and only negative answers count: reading file after file is not searching in vain.
+    """
+
+    name = "fruitless_search"
+    reason = StopReason.LOOP_DETECTED
+
+    def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
+        """Fire when the latest answer is negative and the same question got it often enough recently."""
+        n, neg = window.n, window.neg
+        if n == 0:
+            return None
+        key = neg[(n - 1) % len(neg)]
+        # The ring holds exactly the span (twice the threshold): counting it is one C call.
+        if not key or neg.count(key) < _at(policy.fruitless_search_threshold, slack):
+            return None
+        same = [m for m in range(n - min(n, len(neg)), n) if neg[m % len(neg)] == key]
+        seqs = window.seqs([m % window.size for m in same])
+        summary = (
+            f"{_span(seqs)}: the same search found nothing x{len(same)} in different places, "
+            f"latest `{window.label}`: {_obs(window)}; seqs {', '.join(map(str, seqs))}"
+        )
+        return finding(window, self.name, self.reason, summary, seqs)
+
+
 class ConsecutiveFailures:
     """``max_consecutive_failures`` failed actions in a row, hidden failures included."""
 
@@ -342,6 +374,7 @@ ACTION_DETECTORS: tuple[Detector, ...] = (
     Recurrence(),
     NearDuplicate(),
     SameError(),
+    FruitlessSearch(),
     RetryStorm(),
     ConsecutiveFailures(),
     NoProgress(),
@@ -354,6 +387,7 @@ __all__ = [
     "Cycle",
     "Detector",
     "ExactRepeat",
+    "FruitlessSearch",
     "NearDuplicate",
     "NoProgress",
     "Recurrence",

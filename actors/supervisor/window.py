@@ -3,8 +3,8 @@
 Memory is bounded and small (under 4 KB a run at the default window of 64): the last
 ``Policy.window`` *actions* live in packed rings (about 25 bytes per action: observation
 and (action, observation) fingerprints, seq, flags), and the fields only the short-span
-detectors read (action fingerprint, SimHash, error digest) in rings just as long as those
-spans. An action is a ``tool_call`` paired with its ``tool_result`` by ``call_id``, or a
+detectors read (action fingerprint, SimHash, error digest, negative-answer key) in rings
+just as long as those spans. An action is a ``tool_call`` paired with its ``tool_result`` by ``call_id``, or a
 ``message`` with ``ok=false`` (a mini-swe-agent format error is the agent acting wrongly,
 not talking).
 
@@ -21,8 +21,9 @@ from array import array
 from dataclasses import dataclass
 
 from actors.supervisor import _ring
-from actors.supervisor._actions import action_of, is_empty_output
-from actors.supervisor.classify import error_text, is_hidden_failure
+from actors.supervisor._actions import NAVIGATION_TOOLS, action_of, is_empty_output
+from actors.supervisor._negative import negative_key
+from actors.supervisor.classify import content_required, error_text, is_hidden_failure
 from actors.supervisor.fingerprint import digest, normalize, normalize_loose, observation_fingerprint, short
 from protocols.messages import StepEvent, StepKind, Verdict
 from protocols.policy import Policy
@@ -36,10 +37,6 @@ RETRY = 2
 TRIVIAL = 4  # empty output of a navigation command: never evidence of a loop (DESIGN §4)
 MESSAGE = 8  # a malformed agent message (format error), not a tool call
 
-#: Commands whose empty output is never evidence of a loop: moving around and listing
-#: (DESIGN §4). A classification, not a threshold, so it lives here rather than in Policy.
-NAVIGATION_TOOLS = frozenset({"cd", "ls", "pwd", "pushd", "popd", "dir", "tree", "clear", "true"})
-
 
 @dataclass(slots=True)
 class PendingCall:
@@ -50,6 +47,7 @@ class PendingCall:
     tool: str | None
     action: int
     label: str
+    text: str  # the rendered arguments, only until the result comes (a negative answer needs the question)
 
 
 class RunWindow:
@@ -83,6 +81,7 @@ class RunWindow:
         "last_ts",
         "last_verdict",
         "n",
+        "neg",
         "obs",
         "obs_brief",
         "pair",
@@ -177,6 +176,8 @@ class RunWindow:
         self.act = array("Q", bytes(8 * min(size, 2 * policy.near_dup_threshold)))
         self.sim = array("Q", bytes(8 * len(self.act)))
         self.err = array("Q", bytes(8 * min(size, 2 * policy.same_error_threshold)))
+        # Fingerprints of negative answers (see ``_negative``), 0 for any other answer.
+        self.neg = array("Q", bytes(8 * min(size, 2 * policy.fruitless_search_threshold)))
         period = policy.cycle_max_period
         # The last ``period`` action labels, cut to what cycle evidence shows, as one string of
         # fixed-width slots padded with newlines (never in a label): one object, not ``period``.
@@ -241,8 +242,8 @@ class RunWindow:
             self.steps += 1
             self.tool_calls += 1
         self.current_tool = event.tool
-        action, label = action_of(event)
-        call = PendingCall(event.seq, now, event.tool, action, label)
+        action, label, text = action_of(event)
+        call = PendingCall(event.seq, now, event.tool, action, label, text)
         key = event.call_id or f"seq-{event.seq}"
         self.pending[key] = call
         if len(self.pending) > self.size:
@@ -255,12 +256,13 @@ class RunWindow:
             # Traffic that began mid-run, or a result without its call: the result names the action.
             self.steps += 1
             self.tool_calls += 1
-            action, label = action_of(event)
-            call = PendingCall(event.seq, self.last_seen, event.tool, action, label)
+            action, label, text = action_of(event)
+            call = PendingCall(event.seq, self.last_seen, event.tool, action, label, text)
         self.current_tool = None
         self.last_result_call = event.call_id
-        failed = event.ok is False or is_hidden_failure(event.observation)
-        self._push(call.action, call.label, call.tool, call.seq, event.observation, failed, event.error)
+        required = content_required(call.tool)
+        failed = event.ok is False or is_hidden_failure(event.observation, content_required=required)
+        self._push(call.action, call.label, call.tool, call.seq, event.observation, failed, event.error, call.text)
         return True
 
     def _message(self, event: StepEvent) -> bool:
@@ -276,7 +278,7 @@ class RunWindow:
         # A malformed response is judged by the harness's complaint, not by its varying prose.
         action = digest(f"message\x1f{normalize_loose(event.error or '')}")
         label = short(f"message {text or ''}")
-        self._push(action, label, "message", event.seq, event.observation, True, event.error)
+        self._push(action, label, "message", event.seq, event.observation, True, event.error, "")
         return True
 
     def _push(
@@ -288,6 +290,7 @@ class RunWindow:
         observation: str | None,
         failed: bool,
         error: str | None,
+        command: str,
     ) -> None:
         obs, sim = observation_fingerprint(observation)
         n = self.n
@@ -308,8 +311,13 @@ class RunWindow:
             self.retry_next = False
         if tool == "message":
             flags |= MESSAGE
-        if tool in NAVIGATION_TOOLS and is_empty_output(observation):
+            negative = 0
+        elif tool in NAVIGATION_TOOLS and is_empty_output(observation):
             flags |= TRIVIAL
+            negative = 0
+        else:
+            negative = negative_key(command, observation, failed, NAVIGATION_TOOLS)
+        self.neg[n % len(self.neg)] = negative
         obs_key = _ring.key(obs)
         if not _ring.contains(self.obs, obs_key):
             self.last_novel_at = n + 1
@@ -346,6 +354,7 @@ class RunWindow:
         _ring.put(self.pair, action_index % self.size, _ring.key(unique))
         self.act[action_index % len(self.act)] = unique  # nor does it make the action a near-duplicate
         self.err[action_index % len(self.err)] = 0  # one call's attempts failing alike are one error
+        self.neg[action_index % len(self.neg)] = 0
         self.streak = 0
         self.cycle_run[:] = _zeros(len(self.cycle_run))
         self.pair_count = 0
@@ -404,7 +413,7 @@ class RunWindow:
 
     def ring_bytes(self) -> int:
         """Bytes held by the rings' buffers (for the memory benchmark)."""
-        rings = (self.obs, self.pair, self.seq, self.flags, self.act, self.sim, self.err)
+        rings = (self.obs, self.pair, self.seq, self.flags, self.act, self.sim, self.err, self.neg)
         return sum(len(r) * (r.itemsize if isinstance(r, array) else 1) for r in rings)
 
 

@@ -11,6 +11,7 @@ from actors.supervisor import (
     ConsecutiveFailures,
     Cycle,
     ExactRepeat,
+    FruitlessSearch,
     NearDuplicate,
     NoProgress,
     RetryStorm,
@@ -21,7 +22,10 @@ from actors.supervisor import (
     check_stall,
     is_hidden_failure,
 )
+from actors.supervisor._negative import negative_key
+from actors.supervisor.classify import content_required
 from actors.supervisor.detectors import ACTION_DETECTORS, Recurrence
+from actors.supervisor.window import NAVIGATION_TOOLS
 from protocols.messages import StepEvent
 from protocols.policy import Policy
 from protocols.reasons import StopReason
@@ -174,6 +178,110 @@ def test_grep_without_matches_in_different_files_is_not_the_same_error() -> None
     assert not s.fired(SameError())
 
 
+def _no_match(term: str, path: str) -> tuple[str, str]:
+    """SWE-agent's ``search_file``: the answer names the term and the file searched."""
+    return f"search_file {term} {path}", f'No matches found for "{term}" in /testbed/{path}'
+
+
+_EMPTY_RC1 = "<returncode>1</returncode>\n<output>\n</output>"
+_FILES = ("src/pkg/core.py", "src/pkg/_internal/io.py", "src/pkg/backends/cli.py", "tests/test_core.py", "docs/api.py")
+
+
+def test_fruitless_search_file_after_file_names_the_steps() -> None:
+    s = Script()
+    seqs = [s.act(*_no_match("FooAdapter", path)) for path in _FILES[:4]]
+    verdict = FruitlessSearch().check(s.window, POLICY)
+    assert verdict is not None
+    assert verdict.reason is StopReason.LOOP_DETECTED
+    assert verdict.evidence.seqs == tuple(seqs)
+    assert f"seq {seqs[0]}-{seqs[-1]}" in verdict.evidence.summary
+    assert "found nothing x4" in verdict.evidence.summary
+    assert "No matches found" in verdict.evidence.summary
+
+
+def test_fruitless_grep_with_empty_output_and_exit_status_1() -> None:
+    s = Script()
+    for path in _FILES[:3]:
+        s.act(f'grep -n "FooAdapter" {path}', _EMPTY_RC1, ok=False)
+    assert not s.fired(FruitlessSearch())  # three places: still an agent looking around
+    assert FruitlessSearch().check(s.window, POLICY, slack=1) is not None  # ... and one short of a loop
+    # The last stage of a pipeline asks the question; the flags do not change it.
+    s.act(f'sed -n "1,400p" {_FILES[3]} | grep -w "FooAdapter"', _EMPTY_RC1, ok=False)
+    assert loop_findings(s) == ["fruitless_search"]
+
+
+def test_fruitless_search_counts_within_a_short_span() -> None:
+    s = Script()
+    for i, path in enumerate(_FILES[:4]):
+        s.act(*_no_match("FooAdapter", path))
+        for j in range(2):  # real work in between: each search is three actions apart
+            s.act(f"sed -n '{i * 100 + j * 50 + 1},+49p' src/pkg/util.py", f"page {i}.{j}: def helper_{i}_{j}():")
+    assert not s.fired(FruitlessSearch())
+
+
+def test_checking_a_few_places_before_finding_it_is_not_a_loop() -> None:
+    s = Script()
+    for path in _FILES[:3]:
+        s.act(f'grep -n "def parse_row" {path}', _EMPTY_RC1, ok=False)
+        assert loop_findings(s) == []
+    s.act(
+        'grep -n "def parse_row" src/pkg/rows.py',
+        "<returncode>0</returncode>\n<output>\n41:def parse_row(x):\n</output>",
+    )
+    assert loop_findings(s) == []
+    s.act("sed -n '35,60p' src/pkg/rows.py", "def parse_row(x):\n    return x.split(',')")
+    assert loop_findings(s) == []
+
+
+def test_different_searches_finding_nothing_are_not_one_question() -> None:
+    s = Script()
+    for term, path in zip(
+        ("def is_cached", "def __setattr__", "def __set__", "class Field", "_meta"), _FILES, strict=True
+    ):
+        s.act(f'grep "{term}" {path}', _EMPTY_RC1, ok=False)
+    assert not s.fired(FruitlessSearch())
+
+
+def test_quiet_successes_and_navigation_are_not_negative_answers() -> None:
+    s = Script()
+    for i, path in enumerate(_FILES):
+        s.act(f"sed -i '{i + 1}s/old/new/' {path}", "<returncode>0</returncode>\n<output>\n</output>")
+        s.act(
+            f"ls {path.rsplit('/', 1)[0]}/build 2>/dev/null",
+            "<returncode>2</returncode>\n<output>\n</output>",
+            ok=False,
+        )
+        s.act(f"cd /testbed/{path.rsplit('/', 1)[0]}", "")
+    assert list(s.window.neg) == [0] * len(s.window.neg)
+    assert loop_findings(s) == []
+
+
+def test_reading_file_after_file_is_not_a_fruitless_search() -> None:
+    s = Script()
+    for path in _FILES:
+        s.act(f"cat {path}", f"# {path}\nimport os\n\n\ndef main():\n    return os.getcwd()\n")
+    assert not s.fired(FruitlessSearch())
+
+
+@pytest.mark.parametrize(
+    ("command", "observation", "failed"),
+    [
+        ('grep -rn "Foo" src/a/', _EMPTY_RC1, True),
+        ("find . -name '*Foo*'", "<returncode>0</returncode>\n<output>\n</output>", False),
+        ("grep -n Foo src/a.py", "grep: src/a.py: No such file or directory", True),
+        ("search_dir Foo src/a", 'No matches found for "Foo" in /testbed/src/a', False),
+    ],
+)
+def test_negative_answers_mask_the_place_searched(command: str, observation: str, failed: bool) -> None:
+    key = negative_key(command, observation, failed, NAVIGATION_TOOLS)
+    assert key != 0
+    elsewhere = (command.replace("src/a", "lib/b"), observation.replace("src/a", "lib/b"))
+    assert negative_key(*elsewhere, failed, NAVIGATION_TOOLS) == key
+    assert (
+        negative_key(command.replace("Foo", "Bar"), observation.replace("Foo", "Bar"), failed, NAVIGATION_TOOLS) != key
+    )
+
+
 # ---------------------------------------------------------------- not loops
 
 
@@ -257,6 +365,25 @@ def test_ordinary_outputs_are_not_failures(observation: str) -> None:
 def test_empty_output_fails_only_where_content_is_required() -> None:
     assert is_hidden_failure("", content_required=True)
     assert not is_hidden_failure("  ")
+
+
+def test_an_empty_result_from_a_data_tool_is_a_failure() -> None:
+    assert content_required("export_orders_data")
+    assert content_required("get_user_details")
+    assert not content_required("think")
+    assert not content_required("grep")
+    assert not content_required(None)
+    s = Script()
+    for day in range(1, 6):
+        s.act("", "", tool="export_orders_data") if day % 2 else s.act("", "Error: rate limited", tool="get_order")
+    assert s.fired(ConsecutiveFailures())
+
+
+def test_an_empty_thought_is_not_a_failure() -> None:
+    s = Script()
+    for _ in range(5):
+        s.act("", "", tool="think")
+    assert s.window.consecutive_failures == 0
 
 
 def test_consecutive_failures_include_hidden_ones() -> None:

@@ -312,3 +312,57 @@ def test_agent_reissuing_a_failing_command_is_still_a_loop() -> None:
     for _ in range(4):
         feed.act("pip install nonexistent-pkg", "ERROR: No matching distribution found", ok=False)
     assert any(v.severity == "stop" for v in feed.verdicts)
+
+
+_MISSING_FILES = (
+    "src/pkg/core.py",
+    "src/pkg/_internal/io.py",
+    "src/pkg/backends/cli.py",
+    "tests/test_io.py",
+    "docs/api.py",
+)
+
+
+@pytest.mark.parametrize("shape", ["swe_search_file", "grep_exit_status_1"])
+def test_searching_file_after_file_for_a_missing_term_is_stopped(shape: str) -> None:
+    # Given an agent searching file after file for a class that does not exist,
+    feed = Feed(Engine())
+    feed.act("sed -n '1,40p' src/pkg/core.py", "class RowParser:\n    pass")
+    for path in _MISSING_FILES:
+        if shape == "swe_search_file":
+            feed.act(f"search_file FooAdapter {path}", f'No matches found for "FooAdapter" in /testbed/{path}')
+        else:
+            feed.act(f'grep -n "FooAdapter" {path}', "<returncode>1</returncode>\n<output>\n</output>", ok=False)
+        if feed.verdicts and feed.verdicts[-1].severity == "stop":
+            break
+    # then the third miss warns and the fourth stops it, naming the four searches.
+    assert [(v.severity, v.detector) for v in feed.verdicts] == [
+        ("warn", "fruitless_search"),
+        ("stop", "fruitless_search"),
+    ]
+    stop = feed.verdicts[-1]
+    assert stop.reason is StopReason.LOOP_DETECTED
+    assert len(stop.evidence.seqs) == 4
+
+
+def test_an_agent_that_finds_it_in_the_third_place_is_left_alone() -> None:
+    # Given an agent that checks two files, finds the term in the third, edits and re-runs the tests,
+    feed = Feed(Engine())
+    for path in _MISSING_FILES[:2]:
+        feed.act(f'grep -n "def parse_row" {path}', "<returncode>1</returncode>\n<output>\n</output>", ok=False)
+    feed.act('grep -n "def parse_row" src/pkg/rows.py', "41:def parse_row(x):")
+    for i in range(3):
+        feed.act(f"sed -i '{42 + i}s/split()/split(\",\")/' src/pkg/rows.py", "")
+        feed.act("cd /testbed", "")
+        feed.act("pytest tests/test_rows.py -q", f"{3 - i} failed, {9 + i} passed")
+    # then nothing is paused or stopped.
+    assert [v for v in feed.verdicts if v.severity != "warn"] == []
+
+
+def test_empty_results_of_a_data_export_are_a_tool_failure() -> None:
+    # An export tool answering "" (ok=true) again and again has failed, though it says nothing.
+    feed = Feed(Engine())
+    for day in range(1, 7):
+        feed.event("tool_call", tool="export_orders_data", call_id=f"e{day}", args={"shard": f"orders-{day}"})
+        feed.event("tool_result", tool="export_orders_data", call_id=f"e{day}", observation="", ok=True)
+    assert [(v.severity, v.reason) for v in feed.verdicts][-1] == ("stop", StopReason.TOOL_FAILURE)
