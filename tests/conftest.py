@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 
+from actors.endpoint import Role
 from actors.server import EmbeddedServer, connect, provision
 
 
@@ -33,11 +34,31 @@ async def fresh_server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
         yield srv
 
 
-@pytest_asyncio.fixture
-async def admin(server: EmbeddedServer) -> AsyncIterator[Client]:
-    nc = await connect(server.endpoint("admin"), "test-admin")
+async def _as_role(server: EmbeddedServer, role: Role) -> AsyncIterator[Client]:
+    nc = await connect(server.endpoint(role), f"test-{role}")
     yield nc
     await nc.close()
+
+
+@pytest_asyncio.fixture
+async def admin(server: EmbeddedServer) -> AsyncIterator[Client]:
+    """A connection as the admin role (provisioning, reading any stream)."""
+    async for nc in _as_role(server, "admin"):
+        yield nc
+
+
+@pytest_asyncio.fixture
+async def agent_nc(server: EmbeddedServer) -> AsyncIterator[Client]:
+    """A connection with the agent role's permissions."""
+    async for nc in _as_role(server, "agent"):
+        yield nc
+
+
+@pytest_asyncio.fixture
+async def operator(server: EmbeddedServer) -> AsyncIterator[Client]:
+    """A connection with the operator role's permissions."""
+    async for nc in _as_role(server, "operator"):
+        yield nc
 
 
 @pytest.fixture

@@ -69,20 +69,6 @@ class Executor:
 
 
 @pytest_asyncio.fixture
-async def agent_nc(server: EmbeddedServer) -> AsyncIterator[Client]:
-    nc = await connect(server.endpoint("agent"), "test-agent")
-    yield nc
-    await nc.close()
-
-
-@pytest_asyncio.fixture
-async def operator(server: EmbeddedServer) -> AsyncIterator[Client]:
-    nc = await connect(server.endpoint("operator"), "test-operator")
-    yield nc
-    await nc.close()
-
-
-@pytest_asyncio.fixture
 async def executor(server: EmbeddedServer, run_id: str) -> AsyncIterator[Executor]:
     nc = await connect(server.endpoint("tool"), "test-tool")
     tool = Executor(nc, f"t-{run_id[-8:]}")

@@ -70,20 +70,6 @@ class Watch:
 
 
 @pytest_asyncio.fixture
-async def operator(server: EmbeddedServer) -> AsyncIterator[Client]:
-    nc = await connect(server.endpoint("operator"), "t-operator")
-    yield nc
-    await nc.close()
-
-
-@pytest_asyncio.fixture
-async def agent(server: EmbeddedServer) -> AsyncIterator[Client]:
-    nc = await connect(server.endpoint("agent"), "t-agent")
-    yield nc
-    await nc.close()
-
-
-@pytest_asyncio.fixture
 async def worker(server: EmbeddedServer) -> AsyncIterator[SupervisorWorker]:
     stop = asyncio.Event()
     w = SupervisorWorker(server.endpoint("supervisor"), worker_id="solo", flush_s=0.05, tick_s=0.1)
@@ -103,10 +89,10 @@ async def watch(operator: Client, run_id: str) -> Watch:
 
 
 async def test_loop_gets_a_warning_then_one_stop_with_evidence(
-    worker: SupervisorWorker, agent: Client, operator: Client, run_id: str
+    worker: SupervisorWorker, agent_nc: Client, operator: Client, run_id: str
 ) -> None:
     seen = await watch(operator, run_id)
-    sent = await publish(agent, find_file_loop(run_id, 0, repeats=8))
+    sent = await publish(agent_nc, find_file_loop(run_id, 0, repeats=8))
     stops = await eventually(seen.stops, what="a stop on rv.ctl")
     await eventually(lambda: worker.processed >= len(sent))
     assert len(seen.stops()) == 1, "never two stops for one run"
@@ -130,9 +116,9 @@ async def _stopped(nc: Client, run_id: str) -> RunState | None:
 
 
 async def test_status_request_answers_with_live_counters(
-    worker: SupervisorWorker, agent: Client, operator: Client, run_id: str
+    worker: SupervisorWorker, agent_nc: Client, operator: Client, run_id: str
 ) -> None:
-    await publish(agent, find_file_loop(run_id, 0, repeats=1))
+    await publish(agent_nc, find_file_loop(run_id, 0, repeats=1))
     await eventually(lambda: run_id in worker.engine.windows)
     reply = await operator.request(subjects.status(run_id), b"", timeout=5)
     state = codec.decode_json(RunState, reply.data)
@@ -144,9 +130,9 @@ async def test_status_request_answers_with_live_counters(
 
 
 async def test_operator_pause_and_kill_update_the_live_state(
-    worker: SupervisorWorker, agent: Client, operator: Client, run_id: str
+    worker: SupervisorWorker, agent_nc: Client, operator: Client, run_id: str
 ) -> None:
-    await publish(agent, find_file_loop(run_id, 0, repeats=1))
+    await publish(agent_nc, find_file_loop(run_id, 0, repeats=1))
     await eventually(lambda: run_id in worker.engine.windows)
     await send_command(operator, run_id, Command(cmd="pause"))
     paused = await eventually(lambda: _with_status(operator, run_id, RunStatus.PAUSED))
@@ -162,9 +148,9 @@ async def _with_status(nc: Client, run_id: str, status: RunStatus) -> RunState |
 
 
 async def test_malformed_command_is_reported_on_rv_event(
-    worker: SupervisorWorker, agent: Client, operator: Client, run_id: str
+    worker: SupervisorWorker, agent_nc: Client, operator: Client, run_id: str
 ) -> None:
-    await publish(agent, find_file_loop(run_id, 0, repeats=1))
+    await publish(agent_nc, find_file_loop(run_id, 0, repeats=1))
     await eventually(lambda: run_id in worker.engine.windows)
     seen = await watch(operator, run_id)
     await operator.publish(subjects.ctl(run_id), b"paws please")
@@ -173,7 +159,7 @@ async def test_malformed_command_is_reported_on_rv_event(
 
 
 async def test_worker_that_loses_its_lease_stops_deciding(
-    worker: SupervisorWorker, agent: Client, operator: Client, admin: Client, run_id: str
+    worker: SupervisorWorker, agent_nc: Client, operator: Client, admin: Client, run_id: str
 ) -> None:
     # Given a worker that owns the run's partition, when another party takes the lease,
     partition = subjects.partition_of(run_id, worker.partitions)
@@ -182,10 +168,10 @@ async def test_worker_that_loses_its_lease_stops_deciding(
     await eventually(lambda: not worker.leases.holds(partition), what="the worker to notice the lost lease")
     # then it neither follows the partition nor commands its runs.
     seen = await watch(operator, run_id)
-    await publish(agent, find_file_loop(run_id, 0, repeats=8))
+    await publish(agent_nc, find_file_loop(run_id, 0, repeats=8))
     candidates = (f"{run_id}-s{i}" for i in range(1000))
     sentinel = next(c for c in candidates if subjects.partition_of(c, worker.partitions) != partition)
-    await publish(agent, find_file_loop(sentinel, 0, repeats=1))
+    await publish(agent_nc, find_file_loop(sentinel, 0, repeats=1))
     await eventually(lambda: sentinel in worker.engine.windows, what="a later event elsewhere processed")
     assert run_id not in worker.engine.windows
     assert seen.commands == []
