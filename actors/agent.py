@@ -36,25 +36,24 @@ import time
 import uuid
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, NoReturn, Self
+from typing import Any, Self
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from actors import _agent_limits as limits
 from actors import _agent_store as store
 from actors._agent_calls import request_tool
-from actors._agent_commands import Controls, describe, stop_reason
+from actors._agent_commands import Controls
+from actors._agent_control import ControlMixin
 from actors._agent_errors import RunError, RunKilled, RunNotFound, RunNotResumable, RunStopped
 from actors._agent_steps import StepStream
 from actors.endpoint import Endpoint
 from actors.runtime import Actor
-from protocols import codec, subjects
+from protocols import subjects
 from protocols.messages import (
     MAX_ARGS_CHARS,
     MAX_OBSERVATION_CHARS,
-    Checkpoint,
     Command,
     Intent,
     Policy,
@@ -70,10 +69,12 @@ DEFAULT_HEARTBEAT_S = 5.0
 Clock = Callable[[], float]
 
 
-class Run(Actor):
+class Run(ControlMixin, Actor):
     """One run of an agent: publishes its steps, keeps its checkpoint, calls tools, obeys commands.
 
-    Create it with :meth:`start` or :meth:`resume` and use it as ``async with``.
+    Create it with :meth:`start` or :meth:`resume` and use it as ``async with``. Obeying
+    commands (``_agent_control``) and keeping the checkpoint (``_agent_checkpointing``) are
+    mixed in from private modules.
     """
 
     role = "agent"
@@ -290,74 +291,7 @@ class Run(Actor):
             error=limits.clip(error, MAX_OBSERVATION_CHARS),
         )  # fmt: skip
 
-    # -- commands ----------------------------------------------------------------------
-
-    async def _boundary(self) -> None:
-        """Obey the commands that arrived since the last step: end, or hold while paused."""
-        if self._ended is not None:
-            raise self._ended
-        if self._controls.terminal is not None:
-            await self._end(self._controls.terminal)
-        if self._controls.pause is not None:
-            await self._hold()
-
-    async def _hold(self) -> None:
-        pause = self._controls.pause
-        assert pause is not None
-        await self._save(RunStatus.PAUSED, pause.reason or StopReason.USER_PAUSED)
-        await self._steps.publish("heartbeat", observation=f"paused: {describe(pause)}")
-        log.info("run paused: %s", describe(pause), extra={"run_id": self.run_id, "reason": pause.reason})
-        while self._controls.pause is not None and self._controls.terminal is None:
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), self.heartbeat_s)
-            except TimeoutError:
-                # Paused is not dead: keep telling supervisors the process is there.
-                await self._steps.publish("heartbeat", observation="paused")
-        if self._controls.terminal is not None:
-            await self._end(self._controls.terminal)
-        await self._save()
-        await self._steps.publish("heartbeat", observation="resumed")
-        log.info("run resumed", extra={"run_id": self.run_id})
-
-    async def _end(self, command: Command) -> NoReturn:
-        """Record a kill or stop in the checkpoint and raise it into the agent's code."""
-        reason = stop_reason(command)
-        if command.cmd == "kill":
-            error: RunError = RunKilled(self.run_id, command)
-        else:
-            error = RunStopped(reason, command.evidence, run_id=self.run_id)
-        self._ended = error
-        log.warning("run ending: %s", describe(command), extra={"run_id": self.run_id, "reason": reason})
-        try:
-            await self._save(RunStatus.STOPPED, reason)
-        except Exception as exc:
-            # The run ends regardless; a supervisor still sees the final event and the command.
-            log.error("could not record the end in the checkpoint: %s", exc, extra={"run_id": self.run_id})
-        raise error
-
-    async def _on_command(self, msg: Msg) -> None:
-        try:
-            command = codec.decode_command(msg.data, (msg.headers or {}).get(codec.CONTENT_TYPE))
-        except ValueError as exc:
-            # An operator's typo must never take a run down (DESIGN §8).
-            log.warning("ignoring an undecodable command: %s", exc, extra={"run_id": self.run_id})
-            return
-        self._apply(command, stored=False)
-
-    def _apply(self, command: Command, *, stored: bool) -> None:
-        changed = self._controls.apply_stored(command) if stored else self._controls.apply(command)
-        if not changed:
-            return
-        log.info("command: %s", describe(command), extra={"run_id": self.run_id, "reason": command.reason})
-        if self._controls.killed:
-            self._killed.set()
-        self._changed.set()
-
-    async def _catch_up(self) -> None:
-        command = await store.last_command(self._steps.js, self.run_id)
-        if command is not None:
-            self._apply(command, stored=True)
+    # -- lifecycle ---------------------------------------------------------------------
 
     async def _on_reconnect(self) -> None:
         await super()._on_reconnect()
@@ -365,8 +299,6 @@ class Run(Actor):
         task = asyncio.create_task(self._catch_up())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    # -- lifecycle ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
@@ -436,57 +368,6 @@ class Run(Actor):
                 task.cancel()
             if self._sub is not None and not self.nc.is_closed:
                 await self._sub.unsubscribe()
-
-    # -- checkpoints -------------------------------------------------------------------
-
-    async def _create(self) -> None:
-        self._steps.seq = 1  # the start event's
-        await self._checkpoints.create(self._checkpoint(RunStatus.RUNNING, None))
-
-    async def _load(self, stored: Command | None) -> None:
-        cp = await self._checkpoints.load()
-        self.goal, self.policy = cp.goal, cp.policy
-        self._restore(cp)
-        if cp.status == RunStatus.COMPLETED or (
-            cp.status == RunStatus.STOPPED and cp.stop_reason != StopReason.AGENT_CRASHED
-        ):
-            raise RunNotResumable(self.run_id, cp.status, cp.stop_reason)
-        # A kill in RV_CONTROL counts even if the killed process never recorded it: record it now.
-        if (stored is not None and stored.cmd == "kill") or self._controls.killed:
-            await self._save(RunStatus.STOPPED, StopReason.USER_KILLED)
-            raise RunNotResumable(self.run_id, RunStatus.STOPPED, StopReason.USER_KILLED)
-        self._steps.seq = max(cp.seq, await store.last_step_seq(self._steps.js, self.run_id)) + 1  # the start event's
-        await self._save()  # takes the revision: a stale process still running is fenced off
-
-    def _restore(self, cp: Checkpoint) -> None:
-        self.state, self._open_args = store.unpack_state(cp.state)
-        self._steps.seq = cp.seq
-        self._intent = cp.intent
-        self.open_intent = cp.intent if cp.intent is not None and cp.intent.state == "open" else None
-
-    async def _save(self, status: RunStatus = RunStatus.RUNNING, reason: StopReason | None = None) -> None:
-        """Write the checkpoint once the steps it follows are stored."""
-        await self._steps.flush()
-        await self._checkpoints.save(self._checkpoint(status, reason))
-
-    def _checkpoint(self, status: RunStatus, reason: StopReason | None) -> Checkpoint:
-        call_open = self._intent is not None and self._intent.state == "open"
-        return Checkpoint(
-            run_id=self.run_id, seq=self.seq, status=status, stop_reason=reason, goal=self.goal, policy=self.policy,
-            state=store.pack_state(self.state, self._open_args, call_open), intent=self._intent, ts=self._clock(),
-        )  # fmt: skip
-
-    @property
-    def _steps(self) -> StepStream:
-        if self._stream is None:
-            raise RuntimeError(f"run {self.run_id} is not started: use `async with`")
-        return self._stream
-
-    @property
-    def _checkpoints(self) -> store.CheckpointStore:
-        if self._store is None:
-            raise RuntimeError(f"run {self.run_id} is not started: use `async with`")
-        return self._store
 
 
 def _obs(text: str | None) -> str | None:
