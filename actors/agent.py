@@ -35,7 +35,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, Self
 
 from nats.aio.client import Client
@@ -78,6 +77,8 @@ class Run(ControlMixin, Actor):
     """
 
     role = "agent"
+    # A cancelled agent did not complete its run: cancellation is a failure, not a clean stop.
+    cancel_is_failure = True
 
     def __init__(
         self,
@@ -299,23 +300,6 @@ class Run(ControlMixin, Actor):
         task = asyncio.create_task(self._catch_up())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def __aenter__(self) -> Self:
-        await super().__aenter__()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        # Unlike other actors, a cancelled agent did not complete its run: route it to on_failure.
-        self.stopping.set()
-        try:
-            if exc is None:
-                await self.on_stop()
-            else:
-                await self.on_failure(exc)
-        finally:
-            await self._close()
 
     async def on_start(self) -> None:
         js = self.nc.jetstream()

@@ -13,7 +13,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from nats.aio.client import Client
 
@@ -47,6 +47,8 @@ class Actor:
     """Base class of every runvisor actor (supervisor worker, tool executor, agent run)."""
 
     role: ClassVar[Role] = "admin"
+    #: Whether leaving the ``async with`` through cancellation runs ``on_failure`` (else ``on_stop``).
+    cancel_is_failure: ClassVar[bool] = False
 
     def __init__(
         self, endpoint: Endpoint | None = None, *, nc: Client | None = None, name: str | None = None,
@@ -90,7 +92,7 @@ class Actor:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def __aenter__(self) -> Actor:
+    async def __aenter__(self) -> Self:
         if self._nc is None:
             endpoint = self._endpoint or Endpoint.discover(self.role)
             self._nc = await connect(
@@ -109,7 +111,8 @@ class Actor:
     ) -> None:
         self.stopping.set()
         try:
-            if exc is not None and not isinstance(exc, asyncio.CancelledError):
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            if exc is not None and (self.cancel_is_failure or not cancelled):
                 await self.on_failure(exc)
             else:
                 await self.on_stop()
