@@ -29,7 +29,7 @@ PY = sys.executable
 def run(cmd: list[str], log: list[str]) -> str:
     """Run a benchmark command, echo it, keep it for the page, and return its stdout."""
     shown = " ".join(shlex.quote(c) for c in ["python", *cmd[1:]] if c)
-    shown = shown.replace(str(HERE.parent) + "/", "")
+    shown = shown.replace(str(HERE.parent) + "/", "").replace(str(TRACES.parent.parent) + "/", "../")
     print(f"$ {shown}", file=sys.stderr, flush=True)
     log.append(shown)
     env = {**os.environ, "RUNVISOR_LOG": "ERROR"}
