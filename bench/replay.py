@@ -36,6 +36,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from actors.endpoint import Endpoint
@@ -193,21 +194,26 @@ async def _raw_rate(nc: Client, total: int, start_seq: int, filters: list[str]) 
 
     config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq)
     js = nc.jetstream()
-    subs = [
-        await js.subscribe(subject, stream=subjects.STEPS_STREAM, ordered_consumer=True, config=config, cb=on_msg)
-        for subject in filters
-    ]
-    # A stalled try (seen rarely with nats-py's ordered consumers under a large backlog) must not
-    # hang the bench: it counts as no measurement, and the best completed try is the ceiling.
+    subs = []
+    # A stalled try (seen now and then with nats-py's ordered consumers under a large backlog on
+    # this 2-core machine: a consumer reset times out) must not hang or end the bench: it counts as
+    # no measurement, and the best completed try is the ceiling.
     limit = 30.0 + total / 5_000
     try:
+        for subject in filters:
+            subs.append(
+                await js.subscribe(
+                    subject, stream=subjects.STEPS_STREAM, ordered_consumer=True, config=config, cb=on_msg
+                )
+            )
         await asyncio.wait_for(done.wait(), limit)
-    except TimeoutError:
-        print(f"replay: a raw-ceiling try read {count} of {total} messages in {limit:.0f}s; ignored", file=sys.stderr)
+    except (TimeoutError, NatsError) as exc:
+        print(f"replay: a raw-ceiling try read {count} of {total} messages ({exc!r}); ignored", file=sys.stderr)
         return 0.0
     finally:
         for sub in subs:
-            await sub.unsubscribe()
+            with contextlib.suppress(NatsError, TimeoutError):
+                await sub.unsubscribe()
     return (total - 1) / max(last - first, 1e-9)
 
 
@@ -368,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = asyncio.run(replay(args))
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError, NatsError) as exc:
         print(f"replay: {exc}", file=sys.stderr)
         return 2
     if args.json:
