@@ -158,24 +158,15 @@ class Workers:
                 await proc.wait()
 
 
-async def ceiling(nc: Client, total: int, start_seq: int, partitions: int) -> dict[str, float]:
-    """Raw nats-py reading the same ``total`` messages with ordered consumers and doing nothing else.
+async def ceiling(nc: Client, total: int, start_seq: int) -> dict[str, float]:
+    """Raw nats-py: one ordered consumer reading the same ``total`` messages and doing nothing else.
 
-    Measured two ways, because nats-py's single ordered consumer slows down on large backlogs
-    (its flow control) while one consumer per partition does not: the ceiling is the faster.
-    Each is the best of two tries, so a noisy moment on a small machine does not flatter us.
+    The best of two tries, so a noisy moment on a small machine does not flatter us.
     """
-    whole = [f"{subjects.PREFIX}.step.>"]
-    split_filters = [subjects.partition_filter(p) for p in range(partitions)]
-    single = max([await _raw_rate(nc, total, start_seq, whole) for _ in range(2)])
-    split = max([await _raw_rate(nc, total, start_seq, split_filters) for _ in range(2)])
-    if not single and not split:
+    rate = max([await _raw_rate(nc, total, start_seq, [f"{subjects.PREFIX}.step.>"]) for _ in range(2)])
+    if not rate:
         raise RuntimeError("the raw ceiling could not be measured: no try read the whole stream in time")
-    return {
-        "ceiling_single_consumer_events_per_s": single,
-        "ceiling_partitioned_events_per_s": split,
-        "ceiling_events_per_s": max(single, split),
-    }
+    return {"ceiling_events_per_s": rate}
 
 
 async def _raw_rate(nc: Client, total: int, start_seq: int, filters: list[str]) -> float:
@@ -276,7 +267,7 @@ async def replay(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 if args.max:
                     first_seq = await _publish_all(nc, events)
-                    result |= await ceiling(nc, len(events), first_seq, partitions)
+                    result |= await ceiling(nc, len(events), first_seq)
                     await workers.start(nc, partitions)
                 else:
                     await workers.start(nc, partitions)
