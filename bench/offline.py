@@ -19,12 +19,14 @@ import argparse
 import json
 import time
 import tracemalloc
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from actors.supervisor import Engine
 from bench.traffic import read_events
+from protocols import codec
 from protocols.messages import StepEvent, Verdict
 
 DEFAULT_STEPS = Path("../shared/traces/dev.steps.jsonl")
@@ -127,6 +129,31 @@ def perf() -> None:
     )
 
 
+def by_kind(path: Path) -> None:
+    """Print where a worker's time goes on real traffic: decoding, and the engine per event kind."""
+    events = list(read_events(path, skip_bad=True))
+    wire = [codec.encode(e) for e in events]
+    started = time.perf_counter()
+    for data in wire:
+        codec.decode(StepEvent, data)
+    print(f"decode + validate (msgpack -> StepEvent): {(time.perf_counter() - started) / len(wire) * 1e6:.1f} µs/event")
+    engine = Engine()
+    spent: dict[str, float] = {}
+    seen: Counter[str] = Counter()
+    previous: float | None = None
+    for event in events:
+        if previous is not None and event.ts < previous:
+            engine.evict_idle(float("inf"), 0.0)  # runs recorded one after another (see replay())
+        previous = event.ts
+        started = time.perf_counter()
+        engine.observe(event, event.ts)
+        spent[event.kind] = spent.get(event.kind, 0.0) + time.perf_counter() - started
+        seen[event.kind] += 1
+    for kind, n in seen.most_common():
+        print(f"engine, {kind:12} {n:7,} events {spent[kind] / n * 1e6:7.1f} µs/event")
+    print(f"engine, all          {len(events):7,} events {sum(spent.values()) / len(events) * 1e6:7.1f} µs/event")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the replay and write the decisions."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -134,9 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("verdicts.jsonl"))
     parser.add_argument("--warnings", action="store_true", help="also write warn verdicts")
     parser.add_argument("--perf", action="store_true", help="measure the engine on synthetic runs instead")
+    parser.add_argument("--by-kind", action="store_true", help="time decoding and the engine per event kind")
     args = parser.parse_args(argv)
     if args.perf:
         perf()
+        return 0
+    if args.by_kind:
+        by_kind(args.steps)
         return 0
     engine = Engine()
     events = 0
