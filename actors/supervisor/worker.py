@@ -174,10 +174,10 @@ class SupervisorWorker(Actor):
             log.warning("undecodable step on %s: %s", msg.subject, exc, extra={"partition": partition})
             return
         self.processed += 1
-        self.last_at = time.time()
+        now = self.last_at = self.clock()
         if self.first_at is None:
-            self.first_at = self.last_at
-        verdicts = self.engine.observe(event, self.clock())
+            self.first_at = now
+        verdicts = self.engine.observe(event, now)
         self._dirty.add(event.run_id)
         for verdict in verdicts:
             await self._decide(verdict)
