@@ -85,7 +85,7 @@ class SupervisorWorker(Actor):
         self.first_at: float | None = None  # wall clock of the first and latest processed event
         self.last_at = 0.0
         self._reported = 0
-        self.decisions: list[Command] = []
+        self.commands_sent = 0  # a count, not a list: a worker runs for months
         self._consumers: dict[int, Subscription] = {}
         self._dirty: set[str] = set()
         self._js: JetStreamContext | None = None
@@ -214,7 +214,7 @@ class SupervisorWorker(Actor):
             subjects.ctl(run_id), codec.encode(command), headers={NATS_MSG_ID: msg_id, **codec.MSGPACK_HEADERS}
         )
         if not ack.duplicate:
-            self.decisions.append(command)
+            self.commands_sent += 1
             log.warning("%s: %s", command.cmd, verdict.evidence.summary, extra=extra)
 
     async def _on_command(self, msg: Msg) -> None:
@@ -278,6 +278,7 @@ class SupervisorWorker(Actor):
         self._reported = self.processed
         stats = {
             "worker": self.worker_id, "processed": self.processed, "first_at": self.first_at,
-            "last_at": self.last_at, "runs": len(self.engine.windows), "partitions": self.leases.owned,
+            "last_at": self.last_at, "runs": len(self.engine.windows), "commands": self.commands_sent,
+            "partitions": self.leases.owned,
         }  # fmt: skip
         await self.nc.publish(subjects.stats(self.worker_id), codec.json_bytes(stats))
