@@ -32,25 +32,29 @@ import numpy.typing as npt
 # position where that class cannot match instead of attempting a full match there. The
 # leading lookbehinds of the natural forms are moved after the first character (e.g.
 # ``(?<!\d)\d`` becomes ``\d(?<!\d\d)``), which matches exactly the same strings.
-# Each pattern also runs only when a cheap substring test says it can match.
-_UUID = re.compile(r"[0-9a-fA-F][0-9a-fA-F]{7}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# Each pattern also runs only when a cheap substring test says it can match. Every pattern is
+# ASCII-only (``re.ASCII``: ``\d`` is 0-9, ``\w`` and ``\b`` are ASCII), so those tests, made on
+# the UTF-8 bytes, hold for any text: a non-ASCII character can be no part of a match's anchor.
+_UUID = re.compile(r"[0-9a-fA-F][0-9a-fA-F]{7}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", re.ASCII)
 # ``0x...`` or a whole word of 7-64 lowercase hex characters with at least one digit and one letter.
 _HEX = re.compile(
     r"[0-9a-f](?:(?<=0)x[0-9a-fA-F]+"
     r"|(?<!\w[0-9a-f])(?:(?<=[0-9])|(?=[0-9a-f]{0,62}[0-9]))(?:(?<=[a-f])|(?=[0-9a-f]{0,62}[a-f]))"
-    r"[0-9a-f]{6,63}(?!\w))"
+    r"[0-9a-f]{6,63}(?!\w))",
+    re.ASCII,
 )
 _TIMESTAMP = re.compile(
     r"\d(?:\d{3}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:Z|[+-]\d\d:?\d\d)?)?"
-    r"|(?<!\d\d)\d?:\d\d:\d\d(?:\.\d+)?)"
+    r"|(?<!\d\d)\d?:\d\d:\d\d(?:\.\d+)?)",
+    re.ASCII,
 )
 _DURATION = re.compile(
-    r"\d(?<![\w.]\d)\d*(?:\.\d+)? ?(?:ms|us|µs|ns|s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)\b"
+    r"\d(?<![\w.]\d)\d*(?:\.\d+)? ?(?:ms|us|µs|ns|s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)\b",
+    re.ASCII,
 )
-_TMP_PATH = re.compile(r"/(?:private/)?(?:tmp|var/tmp|var/folders)/[^\s'\":]*")
+_TMP_PATH = re.compile(r"/(?:private/)?(?:tmp|var/tmp|var/folders)/[^\s'\":]*", re.ASCII)
 # A number after "line "/"lineno", or between colons (``file.py:42:``).
-_LINE_NO = re.compile(r"\d(?:(?<=[Ll]ine \d)\d*|(?<=lineno[ =]\d)\d*|(?<=:\d)\d*(?=:))")
-_DIGIT = re.compile(r"\d")
+_LINE_NO = re.compile(r"\d(?:(?<=[Ll]ine \d)\d*|(?<=lineno[ =]\d)\d*|(?<=:\d)\d*(?=:))", re.ASCII)
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 #: Tokens kept for the SimHash; beyond this an observation is "the same kind of long text".
@@ -111,13 +115,14 @@ def _classes(mapping: dict[bytes, bytes]) -> bytes:
     return bytes(table)
 
 
-# Prechecks, for ASCII text: one C-speed ``bytes.translate`` to character classes, then
+# Prechecks: one C-speed ``bytes.translate`` to character classes, then
 # substring tests that each pattern needs to match (a timestamp needs "0000-00-00" or
 # "0:00:00" in digit classes, a hex id seven hex characters in a row, ...). About 5% of
 # texts hold a match for any one pattern, so most passes are skipped. Substitutions only
 # put placeholders in, whose characters cannot complete any of these substrings, so
 # testing the text once before the first substitution is enough.
-_DIGITS_SEPS = _classes({b"0123456789": b"0", b":": b":", b"-": b"-", b" ": b" ", b"mnush": b"u"})
+# "µ" is C2 B5 in UTF-8: its lead byte counts as a unit letter ("3µs").
+_DIGITS_SEPS = _classes({b"0123456789": b"0", b":": b":", b"-": b"-", b" ": b" ", b"mnush\xc2": b"u"})
 _HEXES = _classes({b"0123456789abcdefABCDEF": b"x", b"-": b"-"})
 
 
@@ -125,9 +130,7 @@ def _normalize(text: str) -> str:
     # Whitespace is collapsed first so that the patterns see what a second pass would see
     # ("3\nsec" and "3 sec" are the same duration): normalization is idempotent.
     text = " ".join(text.split())
-    if not text.isascii():
-        return _normalize_unicode(text)  # ``\d`` matches non-ASCII digits: no class prechecks
-    raw = text.encode("ascii")
+    raw = text.encode("utf-8", "surrogatepass")
     seps = raw.translate(_DIGITS_SEPS)
     hexes = raw.translate(_HEXES)
     if b"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" in hexes:
@@ -142,23 +145,6 @@ def _normalize(text: str) -> str:
         if b"0u" in seps or b"0 u" in seps:  # a digit, then a unit's first letter
             text = _DURATION.sub("<dur>", text)
         if "ine " in text or "lineno" in text or (b":0" in seps and b"0:" in seps):
-            text = _LINE_NO.sub("<n>", text)
-    elif "/tmp/" in text or "/var/" in text:
-        text = _TMP_PATH.sub("<tmp>", text)
-    return text
-
-
-def _normalize_unicode(text: str) -> str:
-    if text.count("-") >= 4:
-        text = _UUID.sub("<uuid>", text)
-    if _DIGIT.search(text) is not None:
-        if ":" in text or "-" in text:
-            text = _TIMESTAMP.sub("<ts>", text)
-        text = _HEX.sub("<hex>", text)
-        if "/tmp/" in text or "/var/" in text:
-            text = _TMP_PATH.sub("<tmp>", text)
-        text = _DURATION.sub("<dur>", text)
-        if "ine" in text or ":" in text:
             text = _LINE_NO.sub("<n>", text)
     elif "/tmp/" in text or "/var/" in text:
         text = _TMP_PATH.sub("<tmp>", text)

@@ -7,8 +7,16 @@ from hashlib import blake2b
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.supervisor import action_digest, hamming, normalize, normalize_loose, observation_digest, simhash
-from actors.supervisor.fingerprint import _normalize, _normalize_unicode, digest, observation_fingerprint, short
+from actors.supervisor import (
+    action_digest,
+    fingerprint,
+    hamming,
+    normalize,
+    normalize_loose,
+    observation_digest,
+    simhash,
+)
+from actors.supervisor.fingerprint import _normalize, digest, observation_fingerprint, short
 
 _VOLATILE = st.text(alphabet="0123456789abcdefx:-./ tmpline\n\tTZ", max_size=80)
 
@@ -103,13 +111,34 @@ def test_empty_observation_has_zero_simhash() -> None:
     assert observation_digest(None) == observation_digest("")
 
 
-_ASCII_VOLATILE = st.text(alphabet="0123456789abcdefABCDEFx:-./ =_,tmpvarlinenoLsecmuh\n\t", max_size=120)
+# ASCII made to hit every pattern, and a few non-ASCII characters among them: "µ" (a unit),
+# a non-ASCII digit and letters that must not change what the ASCII patterns match.
+_MIXED_VOLATILE = st.text(alphabet="0123456789abcdefABCDEFx:-./ =_,tmpvarlinenoLsecmuh\n\tµé٣—", max_size=120)
 
 
-@given(_ASCII_VOLATILE)
-def test_ascii_prechecks_never_skip_a_match(text: str) -> None:
-    # The class prechecks of ASCII text only skip passes that could not match anyway.
-    assert _normalize(text) == _normalize_unicode(" ".join(text.split()))
+def _every_pattern(text: str) -> str:
+    """Normalization with every pass applied, no prechecks: what the prechecks must agree with."""
+    text = " ".join(text.split())
+    for pattern, placeholder in (
+        (fingerprint._UUID, "<uuid>"),
+        (fingerprint._TIMESTAMP, "<ts>"),
+        (fingerprint._HEX, "<hex>"),
+        (fingerprint._TMP_PATH, "<tmp>"),
+        (fingerprint._DURATION, "<dur>"),
+        (fingerprint._LINE_NO, "<n>"),
+    ):
+        text = pattern.sub(placeholder, text)
+    return text
+
+
+@given(_MIXED_VOLATILE)
+def test_prechecks_never_skip_a_match(text: str) -> None:
+    # The class prechecks only skip passes that could not match anyway, ASCII or not.
+    assert _normalize(text) == _every_pattern(text)
+
+
+def test_non_ascii_text_is_normalized_too() -> None:
+    assert normalize("résumé took 3µs at 2024-01-02 — id 0x7ffde12a") == "résumé took <dur> at <ts> — id <hex>"
 
 
 @given(st.text(max_size=400), st.integers(min_value=4, max_value=80))
