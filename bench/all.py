@@ -263,6 +263,7 @@ def render(f: dict[str, Any], log: list[str]) -> str:
     if "quality" in f:
         q = f["quality"]
         d = q["delay_actions_from_onset"]
+        rule = q["label_rule_onset_to_confirm"]
         lines += [
             "",
             "## Detection quality on the real traces (`../shared/traces/`)",
@@ -275,7 +276,12 @@ def render(f: dict[str, Any], log: list[str]) -> str:
             lines.append(
                 f"| {label} | {q[label]['runs']} | {q[label]['positives']} | {q[label]['positive_rate']:.2%} |"
             )
-        lines.append(f"\nDelay after the labelled onset, in actions: median {d['median']}, p90 {d['p90']:.1f}.")
+        lines.append(
+            f"\nDelay after the labelled onset, in actions: median {d['median']}, p90 {d['p90']:.1f} "
+            f"(values {d['values']}). The labelling rule itself becomes true a median {rule['median']} "
+            f"actions after the onset it names (values {rule['values']}): a `pair4x` loop is a loop "
+            "only at its fourth occurrence."
+        )
     lines += ["", "## Commands, in the order run", "", "```", *log, "```", ""]
     return "\n".join(lines)
 

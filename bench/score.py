@@ -9,7 +9,9 @@ Prints recall on ``loop`` runs; false-positive rates on ``healthy``, ``failed`` 
 ``limit_exit`` runs, with a breakdown by reason; the detection delay in *actions* (tool
 calls and agent messages) from a loop's ``onset_seq`` and from its ``confirm_seq`` to the
 first decision (median and p90; 0 means at the onset action itself, negative means the
-run was caught before the labelled onset); and, for stopped runs, the events and tokens
+run was caught before the labelled onset), beside the label rule's own span from onset to
+confirm (the delay of a detector that acted exactly when the rule became true: a ``pair4x``
+loop is only a loop at its fourth occurrence); and, for stopped runs, the events and tokens
 that came after the stop in the recording (what stopping would have saved).
 """
 
@@ -64,10 +66,14 @@ def run_facts(steps: Path, wanted: set[str]) -> dict[str, RunFacts]:
 
 
 def actions_between(facts: RunFacts, start: int, end: int) -> int:
-    """Actions after the one at or after ``start`` up to ``end`` (negative when end < start)."""
+    """Actions from the one at or after ``start`` up to ``end``: 0 when ``end`` is that action's own step.
+
+    Negative when ``end`` comes first: -k means ``end`` was k actions before that one.
+    """
     if end >= start:
         return max(0, sum(1 for s in facts.action_seqs if start <= s <= end) - 1)
-    return -sum(1 for s in facts.action_seqs if end < s < start)
+    anchor = next((s for s in facts.action_seqs if s >= start), start)
+    return -sum(1 for s in facts.action_seqs if end < s <= anchor)
 
 
 def _stats(values: list[int]) -> dict[str, float | None]:
@@ -103,19 +109,26 @@ def score(labels: list[dict[str, Any]], decisions: list[dict[str, Any]], steps: 
             "positive_runs": sorted(r["run_id"] for r in hits),
         }
     if steps is not None and steps.exists():
-        facts = run_facts(steps, set(first))
+        loops = by_label.get("loop", [])
+        facts = run_facts(steps, set(first) | {lab["run_id"] for lab in loops})
         onset_delays: list[int] = []
         confirm_delays: list[int] = []
-        for lab in by_label.get("loop", []):
-            hit = first.get(lab["run_id"])
-            if hit is None or lab.get("onset_seq") is None:
+        rule_spans: list[int] = []
+        for lab in loops:
+            if lab.get("onset_seq") is None:
                 continue
             f = facts[lab["run_id"]]
+            if lab.get("confirm_seq") is not None:
+                rule_spans.append(actions_between(f, int(lab["onset_seq"]), int(lab["confirm_seq"])))
+            hit = first.get(lab["run_id"])
+            if hit is None:
+                continue
             onset_delays.append(actions_between(f, int(lab["onset_seq"]), int(hit["at_seq"])))
             if lab.get("confirm_seq") is not None:
                 confirm_delays.append(actions_between(f, int(lab["confirm_seq"]), int(hit["at_seq"])))
         result["delay_actions_from_onset"] = _stats(onset_delays) | {"values": onset_delays}
         result["delay_actions_from_confirm"] = _stats(confirm_delays) | {"values": confirm_delays}
+        result["label_rule_onset_to_confirm"] = _stats(rule_spans) | {"values": rule_spans}
         saved: dict[str, dict[str, int]] = {}
         for label, runs in by_label.items():
             ev = tok = 0
@@ -140,7 +153,7 @@ def _print(result: dict[str, Any]) -> None:
         print(f"{label:10s} {key}={r[key]:.3f} ({r['positives']}/{r['runs']}) by reason {r['by_reason']}")
         if r["positives"] and label != "loop":
             print(f"{'':10s} by detector {r['by_detector']}")
-    for key in ("delay_actions_from_onset", "delay_actions_from_confirm"):
+    for key in ("delay_actions_from_onset", "delay_actions_from_confirm", "label_rule_onset_to_confirm"):
         if key in result:
             s = result[key]
             print(f"{key}: median={s['median']} p90={s['p90']} values={s['values']}")

@@ -19,7 +19,7 @@ class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
     # Window
-    window: int = Field(default=64, ge=8, le=4096, description="events kept per run")
+    window: int = Field(default=64, ge=8, le=4096, description="actions (tool call + result) kept per run")
 
     # Loops
     repeat_threshold: int = Field(default=3, ge=2, description="identical actions+observations in a row")
