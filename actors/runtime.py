@@ -9,6 +9,7 @@ drains the connection. A crash runs ``on_failure`` instead of ``on_stop`` (pykka
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -63,6 +64,7 @@ class Actor:
         self._endpoint = endpoint
         self._given_nc = nc
         self._nc: Client | None = nc
+        self._more: list[Client] = []  # connections from connect_more(), closed before the main one
         self.name = name or type(self).__name__
         self.graceful_s = graceful_s
         self.stopping = asyncio.Event()
@@ -92,13 +94,32 @@ class Actor:
 
     # -- lifecycle ---------------------------------------------------------------------
 
+    async def connect_more(self, purpose: str) -> Client:
+        """Another connection with this actor's role, for traffic that must not queue behind the main one's.
+
+        A connection is one ordered byte stream: a reply to a lease renewal arrives only after
+        every stream message the server sent before it. An actor that reads a flood (a worker
+        catching up on a partition) reads it on its own connection, so its small requests stay
+        fast. With a given ``nc`` (no endpoint to connect with), that connection is shared.
+        The connection is closed after ``on_stop``/``on_failure``, before the main one drains.
+        """
+        if self._given_nc is not None:
+            return self._given_nc
+        nc = await self._connect(f"{self.name}-{purpose}")
+        self._more.append(nc)
+        return nc
+
+    async def _connect(self, name: str) -> Client:
+        endpoint = self._endpoint or Endpoint.discover(self.role)
+        self._endpoint = endpoint  # discovered once: every connection of the actor goes to the same server
+        return await connect(
+            endpoint, name, error_cb=self._on_error, disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+        )  # fmt: skip
+
     async def __aenter__(self) -> Self:
         if self._nc is None:
-            endpoint = self._endpoint or Endpoint.discover(self.role)
-            self._nc = await connect(
-                endpoint, self.name, error_cb=self._on_error, disconnected_cb=self._on_disconnect,
-                reconnected_cb=self._on_reconnect, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-            )  # fmt: skip
+            self._nc = await self._connect(self.name)
         try:
             await self.on_start()
         except BaseException:
@@ -120,6 +141,11 @@ class Actor:
             await self._close()
 
     async def _close(self) -> None:
+        # Further connections carry derived traffic (a consumer's backlog the stream keeps): closed, not drained.
+        more, self._more = self._more, []
+        for extra in more:
+            with contextlib.suppress(Exception):
+                await extra.close()
         nc, self._nc = self._nc, self._given_nc
         if nc is not None and nc is not self._given_nc and not nc.is_closed:
             try:

@@ -7,8 +7,10 @@ publishes the recorded events with each run's order preserved, waits until the w
 have processed every event, and reports throughput, detection latency and decisions.
 
 * ``--max`` loads the stream first, then measures the raw ceiling (nats-py alone reading
-  the same stream with an ordered consumer) and the workers reading it, in the same run:
-  ``ratio`` is ours over raw.
+  the same stream with an ordered consumer), the same consumer also decoding every event
+  into a ``StepEvent`` (what any reader of the protocol pays before deciding anything), and
+  the workers reading it, in the same run: ``ratio`` is ours over raw, ``decode_ratio``
+  the decoding consumer's, so ``ratio / decode_ratio`` is what the detectors leave of it.
 * ``--speed X`` keeps the recorded timing divided by X; ``--rate N`` publishes N events/s.
   Both start the workers first and measure latency from an offending event's publish to
   its command's arrival on ``rv.ctl``.
@@ -30,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,18 +160,28 @@ class Workers:
                 await proc.wait()
 
 
-async def ceiling(nc: Client, total: int, start_seq: int) -> dict[str, float]:
-    """Raw nats-py: one ordered consumer reading the same ``total`` messages and doing nothing else.
+async def ceiling(nc: Client, total: int, start_seq: int) -> dict[str, float | None]:
+    """Raw nats-py: one ordered consumer reading the same ``total`` messages and doing nothing else;
+    then the same consumer decoding each one (``codec.decode``), and nothing else.
 
-    The best of two tries, so a noisy moment on a small machine does not flatter us.
+    Each is the best of two tries, so a noisy moment on a small machine does not flatter us.
     """
-    rate = max([await _raw_rate(nc, total, start_seq, [f"{subjects.PREFIX}.step.>"]) for _ in range(2)])
+    everything = [f"{subjects.PREFIX}.step.>"]
+    rate = max([await _raw_rate(nc, total, start_seq, everything) for _ in range(2)])
     if not rate:
         raise RuntimeError("the raw ceiling could not be measured: no try read the whole stream in time")
-    return {"ceiling_events_per_s": rate}
+    decoding = max([await _raw_rate(nc, total, start_seq, everything, _decode_step) for _ in range(2)])
+    return {"ceiling_events_per_s": rate, "decode_ceiling_events_per_s": decoding or None}
 
 
-async def _raw_rate(nc: Client, total: int, start_seq: int, filters: list[str]) -> float:
+def _decode_step(data: bytes) -> None:
+    with contextlib.suppress(DecodeError):
+        codec.decode(StepEvent, data)
+
+
+async def _raw_rate(
+    nc: Client, total: int, start_seq: int, filters: list[str], work: Callable[[bytes], None] | None = None
+) -> float:
     count = 0
     first = last = 0.0
     done = asyncio.Event()
@@ -178,6 +190,8 @@ async def _raw_rate(nc: Client, total: int, start_seq: int, filters: list[str]) 
         nonlocal count, first, last
         if count == 0:
             first = time.perf_counter()
+        if work is not None:
+            work(msg.data)
         count += 1
         if count >= total:
             last = time.perf_counter()
@@ -255,6 +269,7 @@ async def replay(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "mode": _mode(args), "workers": args.workers, "events": len(events),
         "runs": len({e.run_id for e in events}), "ceiling_events_per_s": None,
+        "decode_ceiling_events_per_s": None,
     }  # fmt: skip
     async with nats_for_bench() as (admin, env):
         nc = await connect(admin, "bench-replay")
@@ -280,11 +295,12 @@ async def replay(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await nc.close()
     rate, elapsed = workers.rate()
-    ceiling_rate = result["ceiling_events_per_s"]
+    ceiling_rate, decode_rate = result["ceiling_events_per_s"], result["decode_ceiling_events_per_s"]
     result |= {
         "elapsed_s": round(elapsed, 3),
         "events_per_s": round(rate, 1),
         "ratio": round(rate / ceiling_rate, 3) if ceiling_rate else None,
+        "decode_ratio": round(decode_rate / ceiling_rate, 3) if ceiling_rate and decode_rate else None,
     } | decisions.summary()
     if args.latencies:
         args.latencies.write_text("".join(f"{ms:.3f}\n" for ms in decisions.latencies.delays_ms))

@@ -11,6 +11,7 @@ can have taken it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -106,20 +107,26 @@ class Leases:
         return max(1, sum(1 for key in keys if key.startswith("m.")))
 
     async def _renew(self) -> None:
-        for partition in self.owned:
-            held = self._held[partition]
-            started = self.clock()
-            try:
-                held.revision = await self.kv.update(subjects.lease_key(partition), self._value, last=held.revision)
-                held.renewed_at = started
-            except KeyWrongLastSequenceError:
+        # All at once: one round trip for every lease, however busy the connection is.
+        await asyncio.gather(*(self._renew_one(partition) for partition in self.owned))
+
+    async def _renew_one(self, partition: int) -> None:
+        held = self._held[partition]
+        started = self.clock()
+        try:
+            revision = await self.kv.update(subjects.lease_key(partition), self._value, last=held.revision)
+        except KeyWrongLastSequenceError:
+            if self._held.get(partition) is held:
                 log.warning("lease lost to another worker", extra={"partition": partition, "worker": self.worker_id})
                 await self._drop(partition)
-            except Exception as exc:
-                # Keep trying until the lease goes stale; holds() already refuses to act on it then.
-                log.warning("lease renewal failed: %s", exc, extra={"partition": partition, "worker": self.worker_id})
-                if not self.holds(partition):
-                    await self._drop(partition)
+        except Exception as exc:
+            # Keep trying until the lease goes stale; holds() already refuses to act on it then.
+            log.warning("lease renewal failed: %s", exc, extra={"partition": partition, "worker": self.worker_id})
+            if self._held.get(partition) is held and not self.holds(partition):
+                await self._drop(partition)
+        else:
+            held.revision = revision
+            held.renewed_at = started
 
     async def _acquire(self, target: int) -> None:
         for partition in preference(self.worker_id, self.partitions):

@@ -2,10 +2,14 @@
 
 For each partition it holds, the worker follows ``RV_STEPS`` with an ordered consumer
 that starts ``lookback_s`` back in time, so a new owner rebuilds its runs' windows from
-the stream. Each event goes through the pure :class:`Engine`; verdicts go out as
-``Verdict`` JSON on ``rv.event.<run>`` (for people and dashboards), and a confirmed
-pause or stop as a ``Command`` on ``rv.ctl.<run>`` with a ``Nats-Msg-Id``, so a takeover
-that replays the same events never commands twice. The worker keeps ``rv_runs`` current
+the stream. Those consumers read on a connection of their own: a new owner's catch-up is a
+flood, and lease renewals, commands and status replies must not queue behind it (on one
+connection they did, and a worker lost its own leases while catching up).
+
+Each event goes through the pure :class:`Engine`; verdicts go out as ``Verdict`` JSON on
+``rv.event.<run>`` (for people and dashboards), and a confirmed pause or stop as a
+``Command`` on ``rv.ctl.<run>`` with a ``Nats-Msg-Id``, so a takeover that replays the
+same events never stores a command twice. The worker keeps ``rv_runs`` current
 (coalesced: a dirty run is written at most once per ``flush_s``), answers
 ``rv.status.<run>`` for the runs it owns, and follows operator commands on ``rv.ctl.*``.
 """
@@ -23,7 +27,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
@@ -86,9 +89,10 @@ class SupervisorWorker(Actor):
         self.last_at = 0.0
         self._reported = 0
         self.commands_sent = 0  # a count, not a list: a worker runs for months
-        self._consumers: dict[int, Subscription] = {}
+        self._following: dict[int, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
         self._js: JetStreamContext | None = None
+        self._steps_js: JetStreamContext | None = None
         self._runs_kv: KeyValue | None = None
         self._leases: Leases | None = None
 
@@ -104,6 +108,7 @@ class SupervisorWorker(Actor):
 
     async def on_start(self) -> None:
         self._js = self.nc.jetstream()
+        self._steps_js = (await self.connect_more("steps")).jetstream()
         self._runs_kv = await self._js.key_value(subjects.RUNS_BUCKET)
         lease_kv = await self._js.key_value(subjects.LEASES_BUCKET)
         if not self._partitions_given:
@@ -132,6 +137,12 @@ class SupervisorWorker(Actor):
         await self.leases.release_all()
         log.info("supervisor stopped; leases released", extra={"worker": self.worker_id})
 
+    async def on_failure(self, exc: BaseException) -> None:
+        # The leases are left to expire: the crash may be the connection. Following stops with us.
+        for task in self._following.values():
+            task.cancel()
+        await super().on_failure(exc)
+
     async def _every(self, period: float, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         while not self.stopping.is_set():
             try:
@@ -144,21 +155,40 @@ class SupervisorWorker(Actor):
     # -- partitions --------------------------------------------------------------------
 
     async def _gain(self, partition: int) -> None:
-        assert self._js is not None
+        # Following starts in the background: creating a consumer is a request on the steps
+        # connection, which may be busy with other partitions' catch-up, and the lease round
+        # that called this must not wait for it (its next renewals would be late).
+        self._following[partition] = asyncio.create_task(self._follow(partition), name=f"follow-p{partition}")
+
+    async def _follow(self, partition: int) -> None:
+        """Follow one partition's steps until cancelled; retry the consumer until it is created."""
+        assert self._steps_js is not None
         start = dt.datetime.fromtimestamp(self.clock() - self.lookback_s, tz=dt.UTC)
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
-        self._consumers[partition] = await self._js.subscribe(
-            subjects.partition_filter(partition), stream=subjects.STEPS_STREAM, ordered_consumer=True,
-            config=config, cb=functools.partial(self._on_step, partition),
-        )  # fmt: skip
+        delay = 0.1
+        while True:
+            try:
+                sub = await self._steps_js.subscribe(
+                    subjects.partition_filter(partition), stream=subjects.STEPS_STREAM, ordered_consumer=True,
+                    config=config, cb=functools.partial(self._on_step, partition),
+                )  # fmt: skip
+                break
+            except Exception as exc:  # a held lease with no consumer would be a partition nobody watches
+                log.warning("cannot follow partition %d yet: %s", partition, exc, extra={"worker": self.worker_id})
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
+        try:
+            await asyncio.Future()  # until _lose cancels this task
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _lose(self, partition: int) -> None:
-        sub = self._consumers.pop(partition, None)
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:
-                log.debug("unsubscribe failed: %s", exc, extra={"partition": partition})
+        task = self._following.pop(partition, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         gone = [run for run in self.engine.windows if subjects.partition_of(run, self.partitions) == partition]
         self.engine.forget(gone)
         self._dirty.difference_update(gone)

@@ -18,6 +18,7 @@ from actors.operator import fetch_state, send_command
 from actors.server import EmbeddedServer, connect, provision
 from actors.supervisor.worker import SupervisorWorker
 from actors.testing import eventually
+from bench.synth import SynthConfig, generate
 from protocols import codec, subjects
 from protocols.messages import Command, RunState, StepEvent
 from protocols.reasons import RunStatus, StopReason
@@ -258,4 +259,50 @@ async def test_kill_9_a_worker_and_its_partitions_and_loops_are_taken_over(fresh
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        await admin.close()
+
+
+async def test_a_worker_catching_up_on_a_backlog_keeps_its_leases(fresh_server: EmbeddedServer) -> None:
+    # A new owner replays its partitions from `lookback_s` back: after a failover that is a flood.
+    # Its lease renewals must not queue behind that flood, or the leases expire under it, the worker
+    # takes them again, replays again, and decides everything twice (seen in bench.replay --max).
+    ttl = 2.0
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin, lease_ttl_s=ttl)
+    config = SynthConfig(runs=1000, steps=20, mix={"healthy": 0.8, "loop": 0.2}, seed=5)
+    events = [e for e in generate(config) if isinstance(e, StepEvent)]
+    js = admin.jetstream()
+    for event in events:
+        await js.publish_async(subjects.step(event.run_id), codec.encode(event))
+    await js.publish_async_completed()
+    stops: list[str] = []
+
+    async def on_ctl(msg: Msg) -> None:
+        if codec.decode_command(msg.data).cmd == "stop":
+            stops.append(subjects.run_id_of(msg.subject))
+
+    await admin.subscribe(subjects.CTL_ALL, cb=on_ctl)
+    lost: list[int] = []
+    stop = asyncio.Event()
+    w = SupervisorWorker(fresh_server.endpoint("supervisor"), worker_id="catch-up", lookback_s=3600)
+    task = asyncio.create_task(w.run(stop))
+    try:
+        await eventually(lambda: w._leases is not None, what="the worker started")
+        on_lose = w.leases.on_lose
+
+        async def record_loss(partition: int) -> None:
+            lost.append(partition)
+            await on_lose(partition)
+
+        w.leases.on_lose = record_loss
+        await eventually(lambda: w.processed >= len(events), timeout=60, what="the backlog processed")
+        await asyncio.sleep(2 * ttl)  # a late expiry would show now
+        await admin.flush()
+        assert lost == [], f"leases lost while catching up: {lost}"
+        assert w.processed == len(events), "no event processed twice"
+        assert stops, "the loops in the backlog were stopped"
+        assert len(stops) == len(set(stops)), "each run stopped once"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
         await admin.close()
