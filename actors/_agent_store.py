@@ -16,6 +16,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KeyValue
 
 from actors._agent_errors import RunError, RunNotFound
+from actors.control import last_stored_command
 from protocols import codec, subjects
 from protocols.messages import Checkpoint, Command, StepEvent
 
@@ -87,23 +88,9 @@ def unpack_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] 
 
 
 async def last_command(js: JetStreamContext, run_id: str) -> Command | None:
-    """The last command stored for ``run_id`` in ``RV_CONTROL``, or None.
-
-    Only the last one is read (a direct get): if that one is undecodable, an earlier valid
-    command is not looked for, and the live subscription remains the source of truth.
-    """
-    try:
-        msg = await js.get_msg(subjects.CONTROL_STREAM, subject=subjects.ctl(run_id), direct=True)
-    except NotFoundError:
-        return None
-    except (NoRespondersError, NatsTimeout) as exc:
-        log.warning("cannot read stored commands from %s: %s", subjects.CONTROL_STREAM, exc, extra={"run_id": run_id})
-        return None
-    try:
-        return codec.decode_command(msg.data or b"", (msg.headers or {}).get(codec.CONTENT_TYPE))
-    except ValueError as exc:
-        log.warning("ignoring an undecodable stored command: %s", exc, extra={"run_id": run_id})
-        return None
+    """The last command stored for ``run_id`` in ``RV_CONTROL``, or None (see :mod:`actors.control`)."""
+    stored = await last_stored_command(js, run_id)
+    return stored.command if stored is not None else None
 
 
 async def last_step_seq(js: JetStreamContext, run_id: str) -> int:

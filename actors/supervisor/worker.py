@@ -32,6 +32,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from actors.control import last_stored_command
 from actors.endpoint import Endpoint
 from actors.runtime import Actor
 from actors.supervisor.engine import Engine
@@ -90,6 +91,9 @@ class SupervisorWorker(Actor):
         self._reported = 0
         self.commands_sent = 0  # a count, not a list: a worker runs for months
         self._following: dict[int, asyncio.Task[None]] = {}
+        # Per followed partition, the stream's last sequence when following began: events up to
+        # it are history replayed to rebuild windows, and their decisions may be made already.
+        self._history_until: dict[int, int] = {}
         self._dirty: set[str] = set()
         self._js: JetStreamContext | None = None
         self._steps_js: JetStreamContext | None = None
@@ -163,11 +167,14 @@ class SupervisorWorker(Actor):
     async def _follow(self, partition: int) -> None:
         """Follow one partition's steps until cancelled; retry the consumer until it is created."""
         assert self._steps_js is not None
+        assert self._js is not None
         start = dt.datetime.fromtimestamp(self.clock() - self.lookback_s, tz=dt.UTC)
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
         delay = 0.1
         while True:
             try:
+                history = await self._js.stream_info(subjects.STEPS_STREAM)
+                self._history_until[partition] = history.state.last_seq
                 sub = await self._steps_js.subscribe(
                     subjects.partition_filter(partition), stream=subjects.STEPS_STREAM, ordered_consumer=True,
                     config=config, cb=functools.partial(self._on_step, partition),
@@ -185,6 +192,7 @@ class SupervisorWorker(Actor):
 
     async def _lose(self, partition: int) -> None:
         task = self._following.pop(partition, None)
+        self._history_until.pop(partition, None)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -209,8 +217,11 @@ class SupervisorWorker(Actor):
             self.first_at = now
         verdicts = self.engine.observe(event, now)
         self._dirty.add(event.run_id)
-        for verdict in verdicts:
-            await self._decide(verdict)
+        if verdicts:
+            meta = msg.metadata
+            replayed = meta.sequence.stream <= self._history_until.get(partition, 0)
+            for verdict in verdicts:
+                await self._decide(verdict, meta.timestamp if replayed else None)
 
     async def _tick(self) -> None:
         now = self.clock()
@@ -220,10 +231,19 @@ class SupervisorWorker(Actor):
         for run_id in self.engine.evict_idle(now, self.idle_s):
             self._dirty.discard(run_id)
 
-    async def _decide(self, verdict: Verdict) -> None:
-        """Publish a verdict; a confirmed one also commands the run, once."""
+    async def _decide(self, verdict: Verdict, replayed_at: dt.datetime | None = None) -> None:
+        """Publish a verdict; a confirmed one also commands the run, once.
+
+        ``replayed_at``: when the deciding event was stored, if it is history this worker is
+        replaying after taking the partition over. The stream de-duplicates a repeated command
+        but its subscribers (the agent) would still receive it, so a command already stored
+        after that event (the previous owner's, or an operator's resume since) wins: it is
+        applied to the rebuilt window and nothing is sent.
+        """
         run_id = verdict.run_id
         self._dirty.add(run_id)
+        if replayed_at is not None and verdict.severity != "warn" and await self._acted_since(run_id, replayed_at):
+            return
         extra = {"run_id": run_id, "reason": verdict.reason, "worker": self.worker_id}
         await self.nc.publish(
             subjects.event(run_id), codec.encode_json(verdict), headers={codec.CONTENT_TYPE: codec.JSON}
@@ -246,6 +266,18 @@ class SupervisorWorker(Actor):
         if not ack.duplicate:
             self.commands_sent += 1
             log.warning("%s: %s", command.cmd, verdict.evidence.summary, extra=extra)
+
+    async def _acted_since(self, run_id: str, event_at: dt.datetime) -> bool:
+        assert self._js is not None
+        stored = await last_stored_command(self._js, run_id)
+        if stored is None or stored.stored_at is None or stored.stored_at < event_at:
+            return False
+        self.engine.apply_command(run_id, stored.command, self.clock())
+        log.info(
+            "replayed decision not repeated: %s %s since", stored.command.cmd, stored.command.issuer,
+            extra={"run_id": run_id, "worker": self.worker_id},
+        )  # fmt: skip
+        return True
 
     async def _on_command(self, msg: Msg) -> None:
         run_id = subjects.run_id_of(msg.subject)

@@ -21,6 +21,7 @@ from actors.testing import eventually
 from bench.synth import SynthConfig, generate
 from protocols import codec, subjects
 from protocols.messages import Command, RunState, StepEvent
+from protocols.policy import Policy
 from protocols.reasons import RunStatus, StopReason
 
 pytestmark = pytest.mark.integration
@@ -305,4 +306,53 @@ async def test_a_worker_catching_up_on_a_backlog_keeps_its_leases(fresh_server: 
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
+        await admin.close()
+
+
+async def _start_worker(
+    server: EmbeddedServer, worker_id: str
+) -> tuple[SupervisorWorker, asyncio.Event, asyncio.Task[None]]:
+    stop = asyncio.Event()
+    w = SupervisorWorker(server.endpoint("supervisor"), worker_id=worker_id, flush_s=0.05, tick_s=0.1)
+    task = asyncio.create_task(w.run(stop))
+    await eventually(lambda: w._leases is not None and len(w.leases.owned) == w.partitions, what=f"{worker_id} leases")
+    return w, stop, task
+
+
+async def test_a_new_owner_does_not_repeat_decisions_already_acted_on(
+    fresh_server: EmbeddedServer, run_id: str
+) -> None:
+    # A new owner rebuilds windows by replaying the stream, so it reaches every old decision again.
+    # The stream de-duplicates the command, but core subscribers (the agent) would get it again:
+    # a run the operator resumed would be paused again, a stopped run stopped twice.
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    paused_run, stopped_run = f"{run_id}-p", f"{run_id}-s"
+    seen = {paused_run: await watch(admin, paused_run), stopped_run: await watch(admin, stopped_run)}
+    first, stop_first, first_task = await _start_worker(fresh_server, "first")
+    start = StepEvent(run_id=paused_run, seq=0, ts=1e9, kind="start", policy=Policy(loop_action="pause"))
+    sent = await publish(admin, iter([start, *find_file_loop(paused_run, 1, repeats=6)]))
+    sent += await publish(admin, find_file_loop(stopped_run, 0, repeats=6))
+    await eventually(lambda: [c for c in seen[paused_run].commands if c.cmd == "pause"], what="the pause")
+    await eventually(seen[stopped_run].stops, what="the stop")
+    await send_command(admin, paused_run, Command(cmd="resume"))
+    await eventually(
+        lambda: first.processed >= len(sent) and first.engine.state(paused_run).status is RunStatus.RUNNING
+    )
+    stop_first.set()
+    await asyncio.wait_for(first_task, 15)  # a graceful stop gives the leases back at once
+
+    second, stop_second, second_task = await _start_worker(fresh_server, "second")
+    try:
+        await eventually(lambda: second.processed >= len(sent), what="the second worker caught up")
+        await asyncio.sleep(0.5)
+        await admin.flush()
+        pauses = [c for c in seen[paused_run].commands if c.cmd == "pause"]
+        assert [c.issuer for c in pauses] == ["supervisor:first"], "the resumed run is not paused again"
+        assert [c.issuer for c in seen[stopped_run].stops()] == ["supervisor:first"], "one stop per run"
+        assert second.engine.state(paused_run).status is RunStatus.RUNNING
+        assert second.engine.state(stopped_run).status is RunStatus.STOPPED
+    finally:
+        stop_second.set()
+        await asyncio.wait_for(second_task, 15)
         await admin.close()
