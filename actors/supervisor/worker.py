@@ -55,7 +55,7 @@ class SupervisorWorker(Actor):
     def __init__(
         self, endpoint: Endpoint | None = None, *, nc: Any = None, worker_id: str | None = None,
         partitions: int | None = None, lease_ttl_s: float | None = None,
-        lookback_s: float = 900.0, idle_s: float = 3600.0, flush_s: float = 0.25, tick_s: float = 1.0,
+        lookback_s: float = 900.0, idle_s: float = 3600.0, flush_s: float = 1.0, tick_s: float = 1.0,
         policy: Policy | None = None, clock: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         """Args:
@@ -68,7 +68,8 @@ class SupervisorWorker(Actor):
             actually expires a dead worker's keys. Leases are renewed every third of it.
         lookback_s: how far back a new owner replays a partition to rebuild windows.
         idle_s: runs silent this long are evicted from memory (their state stays in ``rv_runs``).
-        flush_s: how often dirty run states are written to ``rv_runs``.
+        flush_s: how often dirty run states are written to ``rv_runs`` (once a second by default:
+            ``rv_runs`` is the view that outlives the worker; ``rv.status`` answers live).
         tick_s: how often silent stalls are checked.
         policy: the default policy for runs whose start event carries none.
         clock: wall clock (seconds), shared with event timestamps.
