@@ -45,6 +45,8 @@ from protocols.policy import Policy
 log = logging.getLogger(__name__)
 
 NATS_MSG_ID = "Nats-Msg-Id"
+#: Steps kept per partition while its lease is stale (a renewal is due within a third of the TTL).
+MAX_HELD_BACK = 100_000
 
 
 class SupervisorWorker(Actor):
@@ -95,6 +97,9 @@ class SupervisorWorker(Actor):
         # Per followed partition, the stream's last sequence when following began: events up to
         # it are history replayed to rebuild windows, and their decisions may be made already.
         self._history_until: dict[int, int] = {}
+        self._held_back: dict[int, list[Msg]] = {}  # steps that came while the partition's lease was stale
+        self._releasing: set[int] = set()
+        self._overflowed: set[int] = set()
         self._dirty: set[str] = set()
         self._js: JetStreamContext | None = None
         self._steps_js: JetStreamContext | None = None
@@ -132,7 +137,7 @@ class SupervisorWorker(Actor):
 
     def loops(self) -> list[Coroutine[Any, Any, None]]:
         return [
-            self._every(self.leases.ttl_s / 3, self.leases.round),
+            self._every(self.leases.ttl_s / 3, self._lease_round),
             self._every(self.tick_s, self._tick),
             self._every(self.flush_s, self._flush),
         ]
@@ -158,6 +163,12 @@ class SupervisorWorker(Actor):
                 await asyncio.wait_for(self.stopping.wait(), period)
 
     # -- partitions --------------------------------------------------------------------
+
+    async def _lease_round(self) -> None:
+        await self.leases.round()
+        # Steps held back while a lease was stale, on a partition that has since gone quiet.
+        for partition in [p for p in self._held_back if self.leases.holds(p)]:
+            await self._release_held_back(partition)
 
     async def _gain(self, partition: int) -> None:
         # Following starts in the background: creating a consumer is a request on the steps
@@ -194,6 +205,8 @@ class SupervisorWorker(Actor):
     async def _lose(self, partition: int) -> None:
         task = self._following.pop(partition, None)
         self._history_until.pop(partition, None)
+        self._held_back.pop(partition, None)  # the next owner replays them
+        self._overflowed.discard(partition)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -206,7 +219,44 @@ class SupervisorWorker(Actor):
 
     async def _on_step(self, partition: int, msg: Msg) -> None:
         if not self.leases.holds(partition):
-            return  # the lease went stale: the next owner decides
+            # Stale: not ours to decide now. A late renewal may still confirm the lease (the
+            # steps are then judged in order) or it is lost (the next owner replays them);
+            # dropping them would leave holes in the windows of a partition we keep.
+            self._hold_back(partition, msg)
+        elif partition in self._held_back:
+            self._hold_back(partition, msg)  # behind the ones already waiting, to keep the order
+            await self._release_held_back(partition)
+        else:
+            await self._step(partition, msg)
+
+    def _hold_back(self, partition: int, msg: Msg) -> None:
+        held = self._held_back.setdefault(partition, [])
+        if len(held) < MAX_HELD_BACK:
+            held.append(msg)
+        elif partition not in self._overflowed:
+            self._overflowed.add(partition)
+            log.warning("partition %d: over %d steps held back; dropping more", partition, MAX_HELD_BACK)
+
+    async def _release_held_back(self, partition: int) -> None:
+        """Judge the steps held back while the lease was stale, in order, now that it is fresh again."""
+        if partition in self._releasing:
+            return  # the task already at it also takes what was just added
+        self._releasing.add(partition)
+        try:
+            while held := self._held_back.get(partition):
+                self._held_back[partition] = []
+                for i, msg in enumerate(held):
+                    if not self.leases.holds(partition):  # stale again, or lost meanwhile
+                        if partition in self._following:
+                            self._held_back[partition] = held[i:] + self._held_back[partition]
+                        return
+                    await self._step(partition, msg)
+            self._held_back.pop(partition, None)
+            self._overflowed.discard(partition)
+        finally:
+            self._releasing.discard(partition)
+
+    async def _step(self, partition: int, msg: Msg) -> None:
         try:
             event = codec.decode(StepEvent, msg.data)
         except DecodeError as exc:

@@ -181,6 +181,27 @@ async def test_worker_that_loses_its_lease_stops_deciding(
     await eventually(lambda: worker.leases.holds(partition), timeout=15)
 
 
+async def test_steps_that_arrive_while_a_renewal_is_late_are_kept_not_dropped(
+    worker: SupervisorWorker, agent_nc: Client, run_id: str
+) -> None:
+    # A renewal that comes late (a long pause of the process, a slow server) makes the lease
+    # stale for a moment; the worker must not decide then, but if the renewal goes through the
+    # partition is still its own, and the steps that came in between belong in the windows.
+    partition = subjects.partition_of(run_id, worker.partitions)
+    real_clock = worker.leases.clock
+    worker.leases.clock = lambda: real_clock() + worker.leases.ttl_s  # every lease looks stale now
+    try:
+        assert not worker.leases.holds(partition)
+        sent = await publish(agent_nc, find_file_loop(run_id, 0, repeats=2))
+        await asyncio.sleep(0.3)
+        assert run_id not in worker.engine.windows, "nothing is judged while the lease is stale"
+    finally:
+        worker.leases.clock = real_clock  # the late renewal went through after all
+    window = await eventually(lambda: worker.engine.windows.get(run_id), what="the held-back steps processed")
+    await eventually(lambda: window.events == len(sent), what="every held-back step in the window")
+    assert window.last_seq == sent[-1].seq
+
+
 # --- several worker processes -----------------------------------------------------------
 
 
