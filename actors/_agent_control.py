@@ -19,7 +19,7 @@ from actors._agent_checkpointing import CheckpointMixin
 from actors._agent_commands import describe, stop_reason
 from actors._agent_errors import RunError, RunKilled, RunStopped
 from protocols import codec
-from protocols.messages import Command
+from protocols.messages import Command, heartbeat_args
 from protocols.reasons import RunStatus, StopReason
 
 # The run's log lines keep the public module's name, so operators filter them as before.
@@ -46,8 +46,10 @@ class ControlMixin(CheckpointMixin):
     async def _hold(self) -> None:
         pause = self._controls.pause
         assert pause is not None
-        await self._save(RunStatus.PAUSED, pause.reason or StopReason.USER_PAUSED)
-        await self._steps.publish("heartbeat", observation=f"paused: {describe(pause)}")
+        reason = pause.reason or StopReason.USER_PAUSED
+        await self._save(RunStatus.PAUSED, reason)
+        paused = heartbeat_args(RunStatus.PAUSED, reason)
+        await self._steps.publish("heartbeat", observation=f"paused: {describe(pause)}", args=paused)
         log.info("run paused: %s", describe(pause), extra={"run_id": self.run_id, "reason": pause.reason})
         while self._controls.pause is not None and self._controls.terminal is None:
             self._changed.clear()
@@ -55,11 +57,11 @@ class ControlMixin(CheckpointMixin):
                 await asyncio.wait_for(self._changed.wait(), self.heartbeat_s)
             except TimeoutError:
                 # Paused is not dead: keep telling supervisors the process is there.
-                await self._steps.publish("heartbeat", observation="paused")
+                await self._steps.publish("heartbeat", observation="paused", args=paused)
         if self._controls.terminal is not None:
             await self._end(self._controls.terminal)
         await self._save()
-        await self._steps.publish("heartbeat", observation="resumed")
+        await self._steps.publish("heartbeat", observation="resumed", args=heartbeat_args(RunStatus.RUNNING))
         log.info("run resumed", extra={"run_id": self.run_id})
 
     async def _end(self, command: Command) -> NoReturn:

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from actors.supervisor.detectors import ACTION_DETECTORS, Budget, Detector
 from actors.supervisor.stall import StallTimers, check_stall, next_deadline
 from actors.supervisor.window import RunWindow
-from protocols.messages import Command, Counters, RunState, StepEvent, Verdict
+from protocols.messages import Command, Counters, RunState, StepEvent, Verdict, heartbeat_status
 from protocols.policy import Policy, Severity
 from protocols.reasons import RunStatus, StopReason
 
@@ -79,8 +79,13 @@ class Engine:
             self.windows[event.run_id] = window
         elif event.kind == "start" and event.policy is not None and window.n == 0:
             window.set_policy(event.policy)
-        if window.paused and event.kind != "heartbeat":
-            window.paused = False  # activity after a pause means the run was resumed
+        said = heartbeat_status(event) if event.kind == "heartbeat" else None
+        if said is not None:
+            self._agent_says(window, *said)
+        elif window.paused and event.kind != "heartbeat":
+            # Activity after a pause: the run was resumed, or (from our SDK) a step still in
+            # flight when the pause was sent; the SDK's PAUSED heartbeat then says so again.
+            window.paused = False
         acted = window.observe(event, now)
         if window.finished:
             self.timers.schedule(event.run_id, None)
@@ -98,6 +103,18 @@ class Engine:
         verdicts = self._grade(window, findings.values(), now) if findings else []
         self.timers.schedule(event.run_id, next_deadline(window, policy))
         return verdicts
+
+    @staticmethod
+    def _agent_says(window: RunWindow, status: RunStatus, reason: StopReason | None) -> None:
+        """Take the state an agent reports in a heartbeat (see ``heartbeat_args``); a stop stays a stop."""
+        if window.stopped:
+            return
+        if status is RunStatus.PAUSED:
+            window.paused = True
+            window.stop_reason = reason or window.stop_reason or StopReason.USER_PAUSED
+        elif status is RunStatus.RUNNING and window.paused:
+            window.paused = False
+            window.stop_reason = None
 
     @staticmethod
     def _run(

@@ -14,6 +14,7 @@ import pytest_asyncio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from actors.agent import Run
 from actors.operator import fetch_state, send_command
 from actors.server import EmbeddedServer, connect, provision
 from actors.supervisor.worker import SupervisorWorker
@@ -376,4 +377,50 @@ async def test_a_new_owner_does_not_repeat_decisions_already_acted_on(
     finally:
         stop_second.set()
         await asyncio.wait_for(second_task, 15)
+        await admin.close()
+
+
+async def test_a_paused_run_shows_paused_also_to_a_new_owner(fresh_server: EmbeddedServer, run_id: str) -> None:
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    agent_nc = await connect(fresh_server.endpoint("agent"), "t-agent")
+    _, stop_first, first_task = await _start_worker(fresh_server, "first")
+    said_one, go = asyncio.Event(), asyncio.Event()
+
+    async def agent() -> None:
+        async with Run.start(goal="g", run_id=run_id, nc=agent_nc, heartbeat_s=0.2) as run:
+            await run.message("one")
+            said_one.set()
+            await go.wait()
+            await run.message("two")  # holds here while paused
+
+    task = asyncio.create_task(agent())
+    second: tuple[SupervisorWorker, asyncio.Event, asyncio.Task[None]] | None = None
+    try:
+        await asyncio.wait_for(said_one.wait(), 10)
+        await send_command(admin, run_id, Command(cmd="pause"))
+        go.set()
+        await eventually(lambda: _with_status(admin, run_id, RunStatus.PAUSED), what="PAUSED from the owner")
+        stop_first.set()
+        await asyncio.wait_for(first_task, 15)
+        # A new owner never saw the pause command; the agent's heartbeats in the stream say it.
+        second = await _start_worker(fresh_server, "second")
+        new_owner = second[0]
+        await eventually(
+            lambda: new_owner.engine.state(run_id).status is RunStatus.PAUSED, what="PAUSED in the new owner"
+        )
+        reply = await admin.request(subjects.status(run_id), b"", timeout=5)  # answered by the new owner
+        state = codec.decode_json(RunState, reply.data)
+        assert (state.status, state.stop_reason) == (RunStatus.PAUSED, StopReason.USER_PAUSED)
+        await send_command(admin, run_id, Command(cmd="resume"))
+        await asyncio.wait_for(task, 10)
+        await eventually(lambda: _with_status(admin, run_id, RunStatus.COMPLETED), what="COMPLETED")
+    finally:
+        go.set()
+        if not task.done():
+            task.cancel()
+        if second is not None:
+            second[1].set()
+            await asyncio.wait_for(second[2], 15)
+        await agent_nc.close()
         await admin.close()

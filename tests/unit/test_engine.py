@@ -11,7 +11,7 @@ import pytest
 
 from actors.supervisor import Engine
 from protocols.codec import from_obj
-from protocols.messages import Command, StepEvent, Verdict
+from protocols.messages import Command, StepEvent, Verdict, heartbeat_args
 from protocols.policy import Policy
 from protocols.reasons import RunStatus, StopReason
 
@@ -217,6 +217,42 @@ def test_commands_are_reflected_in_the_state() -> None:
     state = engine.state("run-1")
     assert state.status is RunStatus.STOPPED
     assert state.stop_reason is StopReason.USER_KILLED
+
+
+def test_the_agents_paused_heartbeat_outweighs_a_step_that_was_in_flight() -> None:
+    engine = Engine()
+    feed = Feed(engine)
+    feed.act("ls", "a")
+    engine.apply_command("run-1", Command(cmd="pause"), feed.now)
+    feed.event("llm", tokens_in=10, tokens_out=2)  # sent before the agent saw the pause
+    assert engine.state("run-1").status is RunStatus.RUNNING
+    feed.event("heartbeat", args=heartbeat_args(RunStatus.PAUSED, StopReason.USER_PAUSED))
+    state = engine.state("run-1")
+    assert state.status is RunStatus.PAUSED
+    assert state.stop_reason is StopReason.USER_PAUSED
+    feed.event("heartbeat", args=heartbeat_args(RunStatus.RUNNING))
+    assert engine.state("run-1").status is RunStatus.RUNNING
+
+
+def test_a_new_owner_learns_a_pause_from_the_replayed_heartbeat() -> None:
+    engine = Engine()  # a worker that never saw the command, replaying the stream
+    feed = Feed(engine)
+    feed.act("ls", "a")
+    feed.event("heartbeat", args=heartbeat_args(RunStatus.PAUSED, StopReason.NO_PROGRESS))
+    state = engine.state("run-1")
+    assert state.status is RunStatus.PAUSED
+    assert state.stop_reason is StopReason.NO_PROGRESS
+
+
+def test_heartbeats_never_undo_a_stop_and_foreign_args_are_ignored() -> None:
+    engine = Engine()
+    feed = Feed(engine)
+    feed.act("ls", "a")
+    feed.event("heartbeat", args={"status": "napping", "reason": 3})
+    assert engine.state("run-1").status is RunStatus.RUNNING
+    engine.apply_command("run-1", Command(cmd="kill"), feed.now)
+    feed.event("heartbeat", args=heartbeat_args(RunStatus.PAUSED))
+    assert engine.state("run-1").status is RunStatus.STOPPED
 
 
 def test_forget_drops_runs() -> None:
