@@ -25,7 +25,21 @@ _WRAPPER = re.compile(r"^\s*(?:<returncode>-?\d+</returncode>\s*)?(?:<output>\s*
 _NOTHING = re.compile(
     r"no (?:matches|match|results?|such file)\b|\bnot found\b|does not exist|"
     r"(?:could not|cannot|can't|unable to) find\b|\b0 (?:matches|results|files)\b",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
+)
+# Every match of ``_NOTHING`` holds one of these, lowercased: testing them on ``text.lower()``
+# takes about 1 µs where the case-insensitive regex takes about 7 µs on a short answer that
+# says nothing of the kind (most of them).
+_NOTHING_HINTS = (
+    "no match",
+    "no result",
+    "no such file",
+    "not found",
+    "does not exist",
+    "find",
+    "0 match",
+    "0 result",
+    "0 file",
 )
 #: Longest answer (wrapper included) that can be negative: one or two lines naming a place.
 _MAX_ANSWER = 400
@@ -57,7 +71,7 @@ def negative_key(command: str, observation: str | None, failed: bool, navigation
         return 0  # the common case, decided without a regex
     body = _WRAPPER.sub("", text, count=1).replace("</output>", "").strip()
     if body:
-        if _NOTHING.search(body) is None:
+        if not says_nothing(body):
             return 0
         word, question = _question(command)
         answer = _PATH.sub("<path>", normalize_loose(body))
@@ -69,6 +83,12 @@ def negative_key(command: str, observation: str | None, failed: bool, navigation
             return 0
         answer = ""
     return digest(f"negative\x1f{word}\x1f{question}\x1f{answer}")
+
+
+def says_nothing(body: str) -> bool:
+    """Whether ``body`` contains a phrase that says "nothing here" ("No matches found", "not found", ...)."""
+    lowered = body.lower()
+    return any(hint in lowered for hint in _NOTHING_HINTS) and _NOTHING.search(body) is not None
 
 
 def _question(command: str) -> tuple[str, str]:
@@ -92,4 +112,4 @@ def _question(command: str) -> tuple[str, str]:
     return word, ""
 
 
-__all__ = ["negative_key"]
+__all__ = ["negative_key", "says_nothing"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from actors.supervisor import (
     Budget,
@@ -22,7 +24,7 @@ from actors.supervisor import (
     check_stall,
     is_hidden_failure,
 )
-from actors.supervisor._negative import negative_key
+from actors.supervisor._negative import _NOTHING, negative_key, says_nothing
 from actors.supervisor.classify import content_required
 from actors.supervisor.detectors import ACTION_DETECTORS, Recurrence
 from actors.supervisor.window import NAVIGATION_TOOLS
@@ -567,3 +569,20 @@ def test_evidence_seqs_survive_the_ring() -> None:
     verdict = ExactRepeat().check(s.window, POLICY)
     assert verdict is not None
     assert verdict.evidence.seqs == tuple(seqs)
+
+
+_NOTHING_WORDS = st.lists(
+    st.sampled_from(
+        ["No", "no", "NO", "matches", "Match", "results", "result", "such", "file", "files", "not", "Not",
+         "found", "FOUND", "does", "exist", "could", "cannot", "can't", "unable", "to", "find", "Find",
+         "0", "10", "x", "é", "/testbed/a.py", "\n"]
+    ),
+    max_size=12,
+)  # fmt: skip
+
+
+@given(_NOTHING_WORDS, st.sampled_from([" ", "", "  ", "\t"]))
+def test_the_phrase_prefilter_agrees_with_the_regex(words: list[str], sep: str) -> None:
+    # ``says_nothing`` skips the regex when no hint is in the lowercased text: never a miss.
+    body = sep.join(words)
+    assert says_nothing(body) == (_NOTHING.search(body) is not None)
