@@ -8,6 +8,8 @@ extends the pattern", so one more repeat is what confirms it.
 ``slack`` lowers every count threshold by that many steps (never below 2): the engine asks
 with ``slack=1`` for the early warning ("one more repeat and this is a loop") and with
 ``slack=0`` for the finding that acts, so the policy thresholds are where action happens.
+Every detector is monotone in ``slack`` (a finding at ``slack=0`` is one at ``slack=1`` too):
+the engine relies on it to ask once when the early answer is "nothing".
 """
 
 from __future__ import annotations

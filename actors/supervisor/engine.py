@@ -124,7 +124,12 @@ class Engine:
         findings: dict[str, tuple[Verdict, bool]],
         early: bool = True,
     ) -> None:
-        """Ask one detector, at its threshold and, when a warning is still due, one step before it."""
+        """Ask one detector, at its threshold and, when a warning is still due, one step before it.
+
+        Detectors are monotone in ``slack``: a finding at the threshold is also one a step
+        before it. So when a warning is due the early question goes first, and its usual
+        answer (nothing) settles both: one call per detector on most actions, not two.
+        """
         reason = detector.reason
         bit = _BIT[reason]
         if window.acted & bit:
@@ -132,15 +137,17 @@ class Engine:
         found = findings.get(reason)
         if found is not None and found[1]:
             return
+        if early and policy.warn_first and not window.warned & bit and found is None:
+            warning = detector.check(window, policy, slack=1)
+            if warning is None:
+                return
+            verdict = detector.check(window, policy)
+            findings[reason] = (warning, False) if verdict is None else (verdict, True)
+            return
         verdict = detector.check(window, policy)
         if verdict is not None:
             findings.pop(reason, None)
             findings[reason] = (verdict, True)
-            return
-        if early and policy.warn_first and not window.warned & bit and found is None:
-            warning = detector.check(window, policy, slack=1)
-            if warning is not None:
-                findings[reason] = (warning, False)
 
     def tick(self, now: float) -> list[Verdict]:
         """Check the runs whose stall deadline has passed; call it periodically.
