@@ -105,6 +105,11 @@ def kv_subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
 
 
+def direct_get(stream: str) -> str:
+    """The JetStream API subject of a direct get on ``stream`` (used for a get by start time)."""
+    return f"$JS.API.DIRECT.GET.{stream}"
+
+
 def lease_key(partition: int) -> str:
     return f"p{partition}"
 

@@ -45,8 +45,23 @@ from protocols.policy import Policy
 log = logging.getLogger(__name__)
 
 NATS_MSG_ID = "Nats-Msg-Id"
+#: Idle heartbeat of the step consumers, in seconds.
+CONSUMER_HEARTBEAT_S = 2.0
 #: Steps kept per partition while its lease is stale (a renewal is due within a third of the TTL).
 MAX_HELD_BACK = 100_000
+
+
+def _resume_no_earlier_than(sub: Any, start: int) -> None:
+    """Make an ordered consumer that has read nothing yet resume at ``start`` after a reset, not at 1.
+
+    nats-py 2.16 (pinned) re-creates an ordered consumer at the last stream sequence it
+    delivered plus one, which is 0 + 1 before the first message: a quiet partition would
+    replay the whole stream (a week) after a server restart. Its private resume point is
+    set to where this consumer really starts; if the internals ever differ, nothing is done.
+    """
+    jsi = getattr(getattr(sub, "_sub", None), "_jsi", None)
+    if jsi is not None and getattr(jsi, "_sseq", None) == 0:
+        jsi._sseq = start - 1
 
 
 class SupervisorWorker(Actor):
@@ -180,17 +195,24 @@ class SupervisorWorker(Actor):
         """Follow one partition's steps until cancelled; retry the consumer until it is created."""
         assert self._steps_js is not None
         assert self._js is not None
-        start = dt.datetime.fromtimestamp(self.clock() - self.lookback_s, tz=dt.UTC)
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
+        since = dt.datetime.fromtimestamp(self.clock() - self.lookback_s, tz=dt.UTC)
         delay = 0.1
         while True:
             try:
                 history = await self._js.stream_info(subjects.STEPS_STREAM)
                 self._history_until[partition] = history.state.last_seq
+                # By sequence, not by start time: nats-py 2.16 re-creates an ordered consumer after
+                # a reset (a server restart, missed heartbeats) by sequence but keeps the start time
+                # in its request, which the server refuses; the partition would never be read again.
+                start = await self._first_seq_since(since) or history.state.last_seq + 1
+                config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+                # Heartbeats every 2 s: a consumer lost with a server restart is noticed (two missed)
+                # and re-created within seconds, not the 10-20 s of nats-py's default.
                 sub = await self._steps_js.subscribe(
                     subjects.partition_filter(partition), stream=subjects.STEPS_STREAM, ordered_consumer=True,
-                    config=config, cb=functools.partial(self._on_step, partition),
+                    config=config, cb=functools.partial(self._on_step, partition), idle_heartbeat=CONSUMER_HEARTBEAT_S,
                 )  # fmt: skip
+                _resume_no_earlier_than(sub, start)
                 break
             except Exception as exc:  # a held lease with no consumer would be a partition nobody watches
                 log.warning("cannot follow partition %d yet: %s", partition, exc, extra={"worker": self.worker_id})
@@ -201,6 +223,18 @@ class SupervisorWorker(Actor):
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _first_seq_since(self, since: dt.datetime) -> int | None:
+        """The stream sequence of the first step stored at or after ``since``; None when there is none."""
+        request = {"start_time": since.isoformat().replace("+00:00", "Z")}
+        reply = await self.nc.request(subjects.direct_get(subjects.STEPS_STREAM), codec.json_bytes(request), timeout=5)
+        headers = reply.headers or {}
+        sequence = headers.get("Nats-Sequence")
+        if sequence is not None:
+            return int(sequence)
+        if headers.get("Status") == "404":
+            return None
+        raise RuntimeError(f"direct get by start time failed: {headers}")
 
     async def _lose(self, partition: int) -> None:
         task = self._following.pop(partition, None)

@@ -424,3 +424,31 @@ async def test_a_paused_run_shows_paused_also_to_a_new_owner(fresh_server: Embed
             await asyncio.wait_for(second[2], 15)
         await agent_nc.close()
         await admin.close()
+
+
+async def test_a_worker_rides_out_a_server_restart(fresh_server: EmbeddedServer, run_id: str) -> None:
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    before = await publish(admin, find_file_loop(run_id, 0, repeats=2))  # a loop under way, below the threshold
+    await admin.close()
+    worker, stop, task = await _start_worker(fresh_server, "survivor")
+    try:
+        await eventually(lambda: worker.processed >= len(before), what="the first steps processed")
+        # When nats-server restarts on the same port and store,
+        await fresh_server.stop()
+        await fresh_server.start()
+        admin = await connect(fresh_server.endpoint("admin"), "t-admin-again")
+        seen = await watch(admin, run_id)
+        partition = subjects.partition_of(run_id, worker.partitions)
+        await eventually(lambda: worker.leases.holds(partition), timeout=30, what="the lease held again")
+        # the worker reconnects, keeps (or takes back) its partitions, and the loop is still stopped, once.
+        await publish(admin, find_file_loop(run_id, 6, repeats=3))
+        stops = await eventually(seen.stops, timeout=30, what="the stop after the restart")
+        await asyncio.sleep(1.0)
+        assert len(seen.stops()) == 1
+        assert stops[0].evidence is not None
+        assert min(stops[0].evidence.seqs) < before[-1].seq, "evidence reaches back before the restart"
+        await admin.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
