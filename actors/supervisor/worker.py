@@ -252,6 +252,8 @@ class SupervisorWorker(Actor):
     # -- events ------------------------------------------------------------------------
 
     async def _on_step(self, partition: int, msg: Msg) -> None:
+        if partition not in self._following:
+            return  # lost: a step still queued as its consumer goes; the next owner replays it
         if not self.leases.holds(partition):
             # Stale: not ours to decide now. A late renewal may still confirm the lease (the
             # steps are then judged in order) or it is lost (the next owner replays them);
