@@ -1,10 +1,8 @@
 """The supervisor worker: leases partitions, follows their steps, decides and commands (DESIGN §3, §4).
 
-For each partition it holds, the worker follows ``RV_STEPS`` with an ordered consumer
-that starts ``lookback_s`` back in time, so a new owner rebuilds its runs' windows from
-the stream. Those consumers read on a connection of their own: a new owner's catch-up is a
-flood, and lease renewals, commands and status replies must not queue behind it (on one
-connection they did, and a worker lost its own leases while catching up).
+For each partition it holds, the worker follows ``RV_STEPS`` from ``lookback_s`` back
+(:class:`Followers`, on a connection of its own), so a new owner rebuilds its runs' windows
+from the stream.
 
 Each event goes through the pure :class:`Engine`; verdicts go out as ``Verdict`` JSON on
 ``rv.event.<run>`` (for people and dashboards), and a confirmed pause or stop as a
@@ -19,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import functools
 import logging
 import time
 import uuid
@@ -28,7 +25,6 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
@@ -36,6 +32,7 @@ from actors.control import last_stored_command
 from actors.endpoint import Endpoint
 from actors.runtime import Actor
 from actors.supervisor.engine import Engine
+from actors.supervisor.follow import Followers
 from actors.supervisor.leases import Leases
 from protocols import codec, subjects
 from protocols.codec import DecodeError
@@ -45,23 +42,6 @@ from protocols.policy import Policy
 log = logging.getLogger(__name__)
 
 NATS_MSG_ID = "Nats-Msg-Id"
-#: Idle heartbeat of the step consumers, in seconds.
-CONSUMER_HEARTBEAT_S = 2.0
-#: Steps kept per partition while its lease is stale (a renewal is due within a third of the TTL).
-MAX_HELD_BACK = 100_000
-
-
-def _resume_no_earlier_than(sub: Any, start: int) -> None:
-    """Make an ordered consumer that has read nothing yet resume at ``start`` after a reset, not at 1.
-
-    nats-py 2.16 (pinned) re-creates an ordered consumer at the last stream sequence it
-    delivered plus one, which is 0 + 1 before the first message: a quiet partition would
-    replay the whole stream (a week) after a server restart. Its private resume point is
-    set to where this consumer really starts; if the internals ever differ, nothing is done.
-    """
-    jsi = getattr(getattr(sub, "_sub", None), "_jsi", None)
-    if jsi is not None and getattr(jsi, "_sseq", None) == 0:
-        jsi._sseq = start - 1
 
 
 class SupervisorWorker(Actor):
@@ -108,16 +88,9 @@ class SupervisorWorker(Actor):
         self.last_at = 0.0
         self._reported = 0
         self.commands_sent = 0  # a count, not a list: a worker runs for months
-        self._following: dict[int, asyncio.Task[None]] = {}
-        # Per followed partition, the stream's last sequence when following began: events up to
-        # it are history replayed to rebuild windows, and their decisions may be made already.
-        self._history_until: dict[int, int] = {}
-        self._held_back: dict[int, list[Msg]] = {}  # steps that came while the partition's lease was stale
-        self._releasing: set[int] = set()
-        self._overflowed: set[int] = set()
         self._dirty: set[str] = set()
         self._js: JetStreamContext | None = None
-        self._steps_js: JetStreamContext | None = None
+        self._followers: Followers | None = None
         self._runs_kv: KeyValue | None = None
         self._leases: Leases | None = None
 
@@ -133,7 +106,7 @@ class SupervisorWorker(Actor):
 
     async def on_start(self) -> None:
         self._js = self.nc.jetstream()
-        self._steps_js = (await self.connect_more("steps")).jetstream()
+        steps_nc = await self.connect_more("steps")
         self._runs_kv = await self._js.key_value(subjects.RUNS_BUCKET)
         lease_kv = await self._js.key_value(subjects.LEASES_BUCKET)
         if not self._partitions_given:
@@ -144,6 +117,9 @@ class SupervisorWorker(Actor):
             self.lease_ttl_s = bucket_ttl or subjects.DEFAULT_LEASE_TTL_S
         self._leases = Leases(
             lease_kv, self.worker_id, self.partitions, self.lease_ttl_s, self._gain, self._lose, time.monotonic
+        )
+        self._followers = Followers(
+            self.nc, steps_nc, self.leases.holds, self._step, self.lookback_s, self.clock, self.worker_id
         )
         await self.nc.subscribe(subjects.CTL_ALL, cb=self._on_command)
         await self.nc.subscribe(subjects.STATUS_ALL, cb=self._on_status)
@@ -164,8 +140,8 @@ class SupervisorWorker(Actor):
 
     async def on_failure(self, exc: BaseException) -> None:
         # The leases are left to expire: the crash may be the connection. Following stops with us.
-        for task in self._following.values():
-            task.cancel()
+        if self._followers is not None:
+            self._followers.cancel_all()
         await super().on_failure(exc)
 
     async def _every(self, period: float, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -179,118 +155,25 @@ class SupervisorWorker(Actor):
 
     # -- partitions --------------------------------------------------------------------
 
+    @property
+    def followers(self) -> Followers:
+        assert self._followers is not None, "the worker is not started"
+        return self._followers
+
     async def _lease_round(self) -> None:
         await self.leases.round()
-        # Steps held back while a lease was stale, on a partition that has since gone quiet.
-        for partition in [p for p in self._held_back if self.leases.holds(p)]:
-            await self._release_held_back(partition)
+        await self.followers.release_ready()
 
     async def _gain(self, partition: int) -> None:
-        # Following starts in the background: creating a consumer is a request on the steps
-        # connection, which may be busy with other partitions' catch-up, and the lease round
-        # that called this must not wait for it (its next renewals would be late).
-        self._following[partition] = asyncio.create_task(self._follow(partition), name=f"follow-p{partition}")
-
-    async def _follow(self, partition: int) -> None:
-        """Follow one partition's steps until cancelled; retry the consumer until it is created."""
-        assert self._steps_js is not None
-        assert self._js is not None
-        since = dt.datetime.fromtimestamp(self.clock() - self.lookback_s, tz=dt.UTC)
-        delay = 0.1
-        while True:
-            try:
-                history = await self._js.stream_info(subjects.STEPS_STREAM)
-                self._history_until[partition] = history.state.last_seq
-                # By sequence, not by start time: nats-py 2.16 re-creates an ordered consumer after
-                # a reset (a server restart, missed heartbeats) by sequence but keeps the start time
-                # in its request, which the server refuses; the partition would never be read again.
-                start = await self._first_seq_since(since) or history.state.last_seq + 1
-                config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
-                # Heartbeats every 2 s: a consumer lost with a server restart is noticed (two missed)
-                # and re-created within seconds, not the 10-20 s of nats-py's default.
-                sub = await self._steps_js.subscribe(
-                    subjects.partition_filter(partition), stream=subjects.STEPS_STREAM, ordered_consumer=True,
-                    config=config, cb=functools.partial(self._on_step, partition), idle_heartbeat=CONSUMER_HEARTBEAT_S,
-                )  # fmt: skip
-                _resume_no_earlier_than(sub, start)
-                break
-            except Exception as exc:  # a held lease with no consumer would be a partition nobody watches
-                log.warning("cannot follow partition %d yet: %s", partition, exc, extra={"worker": self.worker_id})
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 5.0)
-        try:
-            await asyncio.Future()  # until _lose cancels this task
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    async def _first_seq_since(self, since: dt.datetime) -> int | None:
-        """The stream sequence of the first step stored at or after ``since``; None when there is none."""
-        request = {"start_time": since.isoformat().replace("+00:00", "Z")}
-        reply = await self.nc.request(subjects.direct_get(subjects.STEPS_STREAM), codec.json_bytes(request), timeout=5)
-        headers = reply.headers or {}
-        sequence = headers.get("Nats-Sequence")
-        if sequence is not None:
-            return int(sequence)
-        if headers.get("Status") == "404":
-            return None
-        raise RuntimeError(f"direct get by start time failed: {headers}")
+        self.followers.start(partition)
 
     async def _lose(self, partition: int) -> None:
-        task = self._following.pop(partition, None)
-        self._history_until.pop(partition, None)
-        self._held_back.pop(partition, None)  # the next owner replays them
-        self._overflowed.discard(partition)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.followers.stop(partition)
         gone = [run for run in self.engine.windows if subjects.partition_of(run, self.partitions) == partition]
         self.engine.forget(gone)
         self._dirty.difference_update(gone)
 
     # -- events ------------------------------------------------------------------------
-
-    async def _on_step(self, partition: int, msg: Msg) -> None:
-        if partition not in self._following:
-            return  # lost: a step still queued as its consumer goes; the next owner replays it
-        if not self.leases.holds(partition):
-            # Stale: not ours to decide now. A late renewal may still confirm the lease (the
-            # steps are then judged in order) or it is lost (the next owner replays them);
-            # dropping them would leave holes in the windows of a partition we keep.
-            self._hold_back(partition, msg)
-        elif partition in self._held_back:
-            self._hold_back(partition, msg)  # behind the ones already waiting, to keep the order
-            await self._release_held_back(partition)
-        else:
-            await self._step(partition, msg)
-
-    def _hold_back(self, partition: int, msg: Msg) -> None:
-        held = self._held_back.setdefault(partition, [])
-        if len(held) < MAX_HELD_BACK:
-            held.append(msg)
-        elif partition not in self._overflowed:
-            self._overflowed.add(partition)
-            log.warning("partition %d: over %d steps held back; dropping more", partition, MAX_HELD_BACK)
-
-    async def _release_held_back(self, partition: int) -> None:
-        """Judge the steps held back while the lease was stale, in order, now that it is fresh again."""
-        if partition in self._releasing:
-            return  # the task already at it also takes what was just added
-        self._releasing.add(partition)
-        try:
-            while held := self._held_back.get(partition):
-                self._held_back[partition] = []
-                for i, msg in enumerate(held):
-                    if not self.leases.holds(partition):  # stale again, or lost meanwhile
-                        if partition in self._following:
-                            self._held_back[partition] = held[i:] + self._held_back[partition]
-                        return
-                    await self._step(partition, msg)
-            self._held_back.pop(partition, None)
-            self._overflowed.discard(partition)
-        finally:
-            self._releasing.discard(partition)
 
     async def _step(self, partition: int, msg: Msg) -> None:
         try:
@@ -305,10 +188,9 @@ class SupervisorWorker(Actor):
         verdicts = self.engine.observe(event, now)
         self._dirty.add(event.run_id)
         if verdicts:
-            meta = msg.metadata
-            replayed = meta.sequence.stream <= self._history_until.get(partition, 0)
+            replayed_at = msg.metadata.timestamp if self.followers.is_history(partition, msg) else None
             for verdict in verdicts:
-                await self._decide(verdict, meta.timestamp if replayed else None)
+                await self._decide(verdict, replayed_at)
 
     async def _tick(self) -> None:
         now = self.clock()
