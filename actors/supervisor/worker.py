@@ -196,22 +196,30 @@ class SupervisorWorker(Actor):
         now = self.clock()
         for verdict in self.engine.tick(now):
             if self.owns(verdict.run_id):
-                await self._decide(verdict)
+                await self._decide(verdict, check_stored=True)
         for run_id in self.engine.evict_idle(now, self.idle_s):
             self._dirty.discard(run_id)
 
-    async def _decide(self, verdict: Verdict, replayed_at: dt.datetime | None = None) -> None:
+    async def _decide(
+        self, verdict: Verdict, replayed_at: dt.datetime | None = None, *, check_stored: bool = False
+    ) -> None:
         """Publish a verdict; a confirmed one also commands the run, once.
 
-        ``replayed_at``: when the deciding event was stored, if it is history this worker is
-        replaying after taking the partition over. The stream de-duplicates a repeated command
-        but its subscribers (the agent) would still receive it, so a command already stored
-        after that event (the previous owner's, or an operator's resume since) wins: it is
-        applied to the rebuilt window and nothing is sent.
+        A decision this worker may be making without having seen the run's commands (one on
+        replayed history, whose event was stored at ``replayed_at``, or one from the stall
+        clock, which also fires for runs known only from the replay) first reads the run's
+        last stored command. A kill or stop there ends the matter; so does, for history, any
+        command stored after the deciding event (the previous owner's decision, or an
+        operator's word since). The stream would de-duplicate a repeated command, but the
+        agent's subscription would still receive it, and a pause stored after a kill would
+        hide the kill from a later resume. The stored command is applied to the window
+        instead, and nothing is sent. Live decisions skip the read: it would cost a round
+        trip while the partition waits.
         """
         run_id = verdict.run_id
         self._dirty.add(run_id)
-        if replayed_at is not None and verdict.severity != "warn" and await self._acted_since(run_id, replayed_at):
+        checked = check_stored or replayed_at is not None
+        if verdict.severity != "warn" and checked and await self._overtaken(run_id, replayed_at):
             return
         extra = {"run_id": run_id, "reason": verdict.reason, "worker": self.worker_id}
         await self.nc.publish(
@@ -236,14 +244,19 @@ class SupervisorWorker(Actor):
             self.commands_sent += 1
             log.warning("%s: %s", command.cmd, verdict.evidence.summary, extra=extra)
 
-    async def _acted_since(self, run_id: str, event_at: dt.datetime) -> bool:
+    async def _overtaken(self, run_id: str, replayed_at: dt.datetime | None) -> bool:
+        """Whether the run's last stored command makes this decision moot (see :meth:`_decide`)."""
         assert self._js is not None
         stored = await last_stored_command(self._js, run_id)
-        if stored is None or stored.stored_at is None or stored.stored_at < event_at:
+        if stored is None:
+            return False
+        terminal = stored.command.cmd in ("kill", "stop")
+        since = replayed_at is not None and stored.stored_at is not None and stored.stored_at >= replayed_at
+        if not (terminal or since):
             return False
         self.engine.apply_command(run_id, stored.command, self.clock())
         log.info(
-            "replayed decision not repeated: %s %s since", stored.command.cmd, stored.command.issuer,
+            "decision not sent: %s by %s is the run's last command", stored.command.cmd, stored.command.issuer,
             extra={"run_id": run_id, "worker": self.worker_id},
         )  # fmt: skip
         return True

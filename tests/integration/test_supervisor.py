@@ -452,3 +452,36 @@ async def test_a_worker_rides_out_a_server_restart(fresh_server: EmbeddedServer,
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
+
+
+async def test_a_new_owner_never_commands_a_run_already_killed(fresh_server: EmbeddedServer, run_id: str) -> None:
+    # The old owner saw the kill; the new one only replays the steps, and the killed agent is
+    # silent. A TIMEOUT pause from the new owner would become the run's last stored command and
+    # hide the kill from a later resume.
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    seen = await watch(admin, run_id)
+    _, stop_first, first_task = await _start_worker(fresh_server, "first")
+    fast = Policy(stall_timeout_s=0.5, tool_timeout_s=0.5)
+    start = StepEvent(run_id=run_id, seq=0, ts=1e9, kind="start", policy=fast)
+    await publish(admin, iter([start, *find_file_loop(run_id, 1, repeats=1)]))
+    await send_command(admin, run_id, Command(cmd="kill"))
+    await eventually(lambda: _with_status(admin, run_id, RunStatus.STOPPED), what="STOPPED after the kill")
+    stop_first.set()
+    await asyncio.wait_for(first_task, 15)
+    kills = len(seen.commands)
+
+    second, stop_second, second_task = await _start_worker(fresh_server, "second")
+    try:
+        await eventually(lambda: run_id in second.engine.windows, what="the new owner replayed the run")
+        await eventually(
+            lambda: second.engine.state(run_id).status is RunStatus.STOPPED, timeout=10, what="the kill applied"
+        )
+        await asyncio.sleep(0.5)
+        await admin.flush()
+        assert seen.commands[kills:] == [], "no command after the kill"
+        assert second.engine.state(run_id).stop_reason is StopReason.USER_KILLED
+    finally:
+        stop_second.set()
+        await asyncio.wait_for(second_task, 15)
+        await admin.close()
