@@ -67,6 +67,7 @@ class Followers:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         # Per followed partition, the stream's last sequence when following began.
         self._history_until: dict[int, int] = {}
+        self._live: set[int] = set()  # partitions past their history
         self._held_back: dict[int, list[Msg]] = {}
         self._releasing: set[int] = set()
         self._overflowed: set[int] = set()
@@ -83,6 +84,7 @@ class Followers:
         """Stop following ``partition`` (its lease is gone); what was held back is dropped."""
         task = self._tasks.pop(partition, None)
         self._history_until.pop(partition, None)
+        self._live.discard(partition)
         self._held_back.pop(partition, None)  # the next owner replays them
         self._overflowed.discard(partition)
         if task is not None:
@@ -95,9 +97,19 @@ class Followers:
         for task in self._tasks.values():
             task.cancel()
 
-    def is_history(self, partition: int, msg: Msg) -> bool:
-        """Whether ``msg`` was stored before this worker began following its partition."""
-        return bool(msg.metadata.sequence.stream <= self._history_until.get(partition, 0))
+    def stored_at_if_history(self, partition: int, msg: Msg) -> float | None:
+        """When ``msg`` was stored (epoch seconds), if before this worker began following its partition.
+
+        None for a live step. Only a partition still catching up pays for reading the
+        delivery's metadata (its reply subject; nats-py's ``msg.metadata`` costs several times more).
+        """
+        if partition in self._live:
+            return None
+        position = stream_position(msg.reply)
+        if position is not None and position[0] <= self._history_until.get(partition, 0):
+            return position[1]
+        self._live.add(partition)
+        return None
 
     async def release_ready(self) -> None:
         """Judge what was held back on partitions whose lease is fresh again (ones gone quiet since)."""
@@ -189,6 +201,22 @@ class Followers:
             self._releasing.discard(partition)
 
 
+def stream_position(reply: str | None) -> tuple[int, float] | None:
+    """(stream sequence, stored time in epoch seconds) of a JetStream delivery, from its reply subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>``, or the newer form
+    with a domain and an account hash after ``$JS.ACK`` (and a trailing token); None otherwise.
+    """
+    if not reply or not reply.startswith("$JS.ACK."):
+        return None
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[5]), int(tokens[7]) / 1e9
+    if len(tokens) >= 11:
+        return int(tokens[7]), int(tokens[9]) / 1e9
+    return None
+
+
 def _resume_no_earlier_than(sub: Any, start: int) -> None:
     """Make an ordered consumer that has read nothing yet resume at ``start`` after a reset, not at 1.
 
@@ -202,4 +230,4 @@ def _resume_no_earlier_than(sub: Any, start: int) -> None:
         jsi._sseq = start - 1
 
 
-__all__ = ["CONSUMER_HEARTBEAT_S", "MAX_HELD_BACK", "Followers"]
+__all__ = ["CONSUMER_HEARTBEAT_S", "MAX_HELD_BACK", "Followers", "stream_position"]

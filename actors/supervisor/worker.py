@@ -185,41 +185,43 @@ class SupervisorWorker(Actor):
         now = self.last_at = self.clock()
         if self.first_at is None:
             self.first_at = now
-        verdicts = self.engine.observe(event, now)
+        # History is seen when it happened: a run already silent before a takeover is not
+        # given a fresh stall timeout by being replayed.
+        stored_at = self.followers.stored_at_if_history(partition, msg)
+        verdicts = self.engine.observe(event, now if stored_at is None else min(now, stored_at))
         self._dirty.add(event.run_id)
-        if verdicts:
-            replayed_at = msg.metadata.timestamp if self.followers.is_history(partition, msg) else None
-            for verdict in verdicts:
-                await self._decide(verdict, replayed_at)
+        for verdict in verdicts:
+            history_at = None if stored_at is None else dt.datetime.fromtimestamp(stored_at, tz=dt.UTC)
+            await self._decide(verdict, history_at)
 
     async def _tick(self) -> None:
         now = self.clock()
         for verdict in self.engine.tick(now):
             if self.owns(verdict.run_id):
-                await self._decide(verdict, check_stored=True)
+                await self._decide(verdict, from_clock=True)
         for run_id in self.engine.evict_idle(now, self.idle_s):
             self._dirty.discard(run_id)
 
     async def _decide(
-        self, verdict: Verdict, replayed_at: dt.datetime | None = None, *, check_stored: bool = False
+        self, verdict: Verdict, history_at: dt.datetime | None = None, *, from_clock: bool = False
     ) -> None:
         """Publish a verdict; a confirmed one also commands the run, once.
 
-        A decision this worker may be making without having seen the run's commands (one on
-        replayed history, whose event was stored at ``replayed_at``, or one from the stall
-        clock, which also fires for runs known only from the replay) first reads the run's
-        last stored command. A kill or stop there ends the matter; so does, for history, any
-        command stored after the deciding event (the previous owner's decision, or an
-        operator's word since). The stream would de-duplicate a repeated command, but the
-        agent's subscription would still receive it, and a pause stored after a kill would
-        hide the kill from a later resume. The stored command is applied to the window
-        instead, and nothing is sent. Live decisions skip the read: it would cost a round
-        trip while the partition waits.
+        Some decisions this worker may be making without having seen the run's commands: one
+        on replayed history (``history_at``: when its event was stored) and one from the stall
+        clock (``from_clock``: the run may be known only from a replay). For those the run's
+        last stored command is read first. A kill or stop there makes the decision moot; so
+        does, for history, any command stored after the event (the previous owner's decision,
+        an operator's word since), and for a stall, a pause (the run is already held). The
+        stored command is then applied to the window and nothing is sent. The stream would
+        de-duplicate a repeated command, but the agent's subscription would still receive it,
+        and a pause stored after a kill would hide the kill from a later resume. Live
+        decisions skip the read: it would cost a round trip while the partition waits.
         """
         run_id = verdict.run_id
         self._dirty.add(run_id)
-        checked = check_stored or replayed_at is not None
-        if verdict.severity != "warn" and checked and await self._overtaken(run_id, replayed_at):
+        checked = history_at is not None or from_clock
+        if verdict.severity != "warn" and checked and await self._overtaken(run_id, history_at):
             return
         extra = {"run_id": run_id, "reason": verdict.reason, "worker": self.worker_id}
         await self.nc.publish(
@@ -244,19 +246,22 @@ class SupervisorWorker(Actor):
             self.commands_sent += 1
             log.warning("%s: %s", command.cmd, verdict.evidence.summary, extra=extra)
 
-    async def _overtaken(self, run_id: str, replayed_at: dt.datetime | None) -> bool:
-        """Whether the run's last stored command makes this decision moot (see :meth:`_decide`)."""
+    async def _overtaken(self, run_id: str, history_at: dt.datetime | None) -> bool:
+        """Whether the run's last stored command makes a decision moot (see :meth:`_decide`)."""
         assert self._js is not None
         stored = await last_stored_command(self._js, run_id)
         if stored is None:
             return False
-        terminal = stored.command.cmd in ("kill", "stop")
-        since = replayed_at is not None and stored.stored_at is not None and stored.stored_at >= replayed_at
-        if not (terminal or since):
+        cmd, stored_at = stored.command.cmd, stored.stored_at
+        if history_at is None:
+            moot = cmd in ("kill", "stop", "pause")  # from the stall clock
+        else:
+            moot = cmd in ("kill", "stop") or (stored_at is not None and stored_at >= history_at)
+        if not moot:
             return False
         self.engine.apply_command(run_id, stored.command, self.clock())
         log.info(
-            "decision not sent: %s by %s is the run's last command", stored.command.cmd, stored.command.issuer,
+            "decision not sent: %s by %s is the run's last command", cmd, stored.command.issuer,
             extra={"run_id": run_id, "worker": self.worker_id},
         )  # fmt: skip
         return True

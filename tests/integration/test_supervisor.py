@@ -485,3 +485,33 @@ async def test_a_new_owner_never_commands_a_run_already_killed(fresh_server: Emb
         stop_second.set()
         await asyncio.wait_for(second_task, 15)
         await admin.close()
+
+
+async def test_a_run_already_silent_before_a_takeover_is_not_given_a_fresh_timeout(
+    fresh_server: EmbeddedServer, run_id: str
+) -> None:
+    # Replayed history is seen when it happened: the silence before the new owner started counts.
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    seen = await watch(admin, run_id)
+    stall = 4.0
+    start = StepEvent(run_id=run_id, seq=0, ts=1e9, kind="start", policy=Policy(stall_timeout_s=stall))
+    await publish(admin, iter([start, *find_file_loop(run_id, 1, repeats=1)]))
+    await asyncio.sleep(stall + 0.5)  # the run falls silent while no worker is watching
+    loop = asyncio.get_running_loop()
+    worker, stop, task = await _start_worker(fresh_server, "late")
+    started = loop.time()
+    try:
+
+        def stall_warning() -> list[dict[str, object]]:
+            return [e for e in seen.events if e.get("reason") == "TIMEOUT"]
+
+        warnings = await eventually(stall_warning, timeout=stall + 2, what="the stall warning")
+        took = loop.time() - started
+        assert took < stall / 2, f"the stall was found {took:.1f}s after the takeover: its clock restarted"
+        assert "no event for" in str(warnings[0]["evidence"])
+        assert worker.engine.state(run_id).status is RunStatus.RUNNING  # a warning first; the pause comes later
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        await admin.close()
