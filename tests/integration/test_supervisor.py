@@ -332,10 +332,12 @@ async def test_a_worker_catching_up_on_a_backlog_keeps_its_leases(fresh_server: 
 
 
 async def _start_worker(
-    server: EmbeddedServer, worker_id: str
+    server: EmbeddedServer, worker_id: str, lookback_s: float = 900.0
 ) -> tuple[SupervisorWorker, asyncio.Event, asyncio.Task[None]]:
     stop = asyncio.Event()
-    w = SupervisorWorker(server.endpoint("supervisor"), worker_id=worker_id, flush_s=0.05, tick_s=0.1)
+    w = SupervisorWorker(
+        server.endpoint("supervisor"), worker_id=worker_id, flush_s=0.05, tick_s=0.1, lookback_s=lookback_s
+    )
     task = asyncio.create_task(w.run(stop))
     await eventually(lambda: w._leases is not None and len(w.leases.owned) == w.partitions, what=f"{worker_id} leases")
     return w, stop, task
@@ -515,3 +517,40 @@ async def test_a_run_already_silent_before_a_takeover_is_not_given_a_fresh_timeo
         stop.set()
         await asyncio.wait_for(task, 15)
         await admin.close()
+
+
+async def test_after_a_server_restart_a_quiet_partition_does_not_replay_old_steps(
+    fresh_server: EmbeddedServer, run_id: str
+) -> None:
+    # A consumer re-created after a restart resumes where it started, not at the stream's first
+    # sequence: a partition that had nothing new would otherwise replay its whole retention.
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    old = await publish(admin, find_file_loop(run_id, 0, repeats=1))
+    await asyncio.sleep(1.5)
+    worker, stop, task = await _start_worker(fresh_server, "quiet", lookback_s=1.0)  # the old steps are behind it
+    try:
+        await asyncio.sleep(0.5)
+        assert run_id not in worker.engine.windows
+        await fresh_server.stop()
+        await fresh_server.start()
+        admin = await connect(fresh_server.endpoint("admin"), "t-admin-again")
+        sentinel = next(
+            f"{run_id}-{i}"
+            for i in range(1000)
+            if subjects.partition_of(f"{run_id}-{i}") != subjects.partition_of(run_id)
+        )
+        # Once the consumers are back (a new step elsewhere is read), the old ones were not replayed.
+        await eventually(lambda: _published_and_seen(admin, worker, sentinel), timeout=30, what="consumers back")
+        assert run_id not in worker.engine.windows, f"{len(old)} old steps replayed after the restart"
+        await admin.close()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+async def _published_and_seen(admin: Client, worker: SupervisorWorker, run_id: str) -> bool:
+    if run_id not in worker.engine.windows:
+        await publish(admin, find_file_loop(run_id, 0, repeats=1))
+        await asyncio.sleep(0.5)
+    return run_id in worker.engine.windows
