@@ -31,8 +31,8 @@ from nats.js.kv import KeyValue
 from actors.control import last_stored_command
 from actors.endpoint import Endpoint
 from actors.runtime import Actor
+from actors.supervisor._follow import Followers
 from actors.supervisor.engine import Engine
-from actors.supervisor.follow import Followers
 from actors.supervisor.leases import Leases
 from protocols import codec, subjects
 from protocols.codec import DecodeError
