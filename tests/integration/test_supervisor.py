@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -72,15 +73,30 @@ class Watch:
         return [c for c in self.commands if c.cmd == "stop"]
 
 
+@contextlib.asynccontextmanager
+async def running_worker(
+    server: EmbeddedServer, worker_id: str, lookback_s: float = 900.0
+) -> AsyncIterator[SupervisorWorker]:
+    """A worker in this process, once it holds every partition; stopped gracefully (leases given back) on exit."""
+    stop = asyncio.Event()
+    w = SupervisorWorker(
+        server.endpoint("supervisor"), worker_id=worker_id, flush_s=0.05, tick_s=0.1, lookback_s=lookback_s
+    )
+    task = asyncio.create_task(w.run(stop))
+    try:
+        await eventually(
+            lambda: w._leases is not None and len(w.leases.owned) == w.partitions, what=f"{worker_id} leases"
+        )
+        yield w
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
 @pytest_asyncio.fixture
 async def worker(server: EmbeddedServer) -> AsyncIterator[SupervisorWorker]:
-    stop = asyncio.Event()
-    w = SupervisorWorker(server.endpoint("supervisor"), worker_id="solo", flush_s=0.05, tick_s=0.1)
-    task = asyncio.create_task(w.run(stop))
-    await eventually(lambda: w._leases is not None and len(w.leases.owned) == w.partitions, what="all leases")
-    yield w
-    stop.set()
-    await asyncio.wait_for(task, 15)
+    async with running_worker(server, "solo") as w:
+        yield w
 
 
 async def watch(operator: Client, run_id: str) -> Watch:
@@ -331,18 +347,6 @@ async def test_a_worker_catching_up_on_a_backlog_keeps_its_leases(fresh_server: 
         await admin.close()
 
 
-async def _start_worker(
-    server: EmbeddedServer, worker_id: str, lookback_s: float = 900.0
-) -> tuple[SupervisorWorker, asyncio.Event, asyncio.Task[None]]:
-    stop = asyncio.Event()
-    w = SupervisorWorker(
-        server.endpoint("supervisor"), worker_id=worker_id, flush_s=0.05, tick_s=0.1, lookback_s=lookback_s
-    )
-    task = asyncio.create_task(w.run(stop))
-    await eventually(lambda: w._leases is not None and len(w.leases.owned) == w.partitions, what=f"{worker_id} leases")
-    return w, stop, task
-
-
 async def test_a_new_owner_does_not_repeat_decisions_already_acted_on(
     fresh_server: EmbeddedServer, run_id: str
 ) -> None:
@@ -353,32 +357,27 @@ async def test_a_new_owner_does_not_repeat_decisions_already_acted_on(
     await provision(admin)
     paused_run, stopped_run = f"{run_id}-p", f"{run_id}-s"
     seen = {paused_run: await watch(admin, paused_run), stopped_run: await watch(admin, stopped_run)}
-    first, stop_first, first_task = await _start_worker(fresh_server, "first")
-    start = StepEvent(run_id=paused_run, seq=0, ts=1e9, kind="start", policy=Policy(loop_action="pause"))
-    sent = await publish(admin, iter([start, *find_file_loop(paused_run, 1, repeats=6)]))
-    sent += await publish(admin, find_file_loop(stopped_run, 0, repeats=6))
-    await eventually(lambda: [c for c in seen[paused_run].commands if c.cmd == "pause"], what="the pause")
-    await eventually(seen[stopped_run].stops, what="the stop")
-    await send_command(admin, paused_run, Command(cmd="resume"))
-    await eventually(
-        lambda: first.processed >= len(sent) and first.engine.state(paused_run).status is RunStatus.RUNNING
-    )
-    stop_first.set()
-    await asyncio.wait_for(first_task, 15)  # a graceful stop gives the leases back at once
-
-    second, stop_second, second_task = await _start_worker(fresh_server, "second")
     try:
-        await eventually(lambda: second.processed >= len(sent), what="the second worker caught up")
-        await asyncio.sleep(0.5)
-        await admin.flush()
-        pauses = [c for c in seen[paused_run].commands if c.cmd == "pause"]
-        assert [c.issuer for c in pauses] == ["supervisor:first"], "the resumed run is not paused again"
-        assert [c.issuer for c in seen[stopped_run].stops()] == ["supervisor:first"], "one stop per run"
-        assert second.engine.state(paused_run).status is RunStatus.RUNNING
-        assert second.engine.state(stopped_run).status is RunStatus.STOPPED
+        async with running_worker(fresh_server, "first") as first:  # its graceful stop gives the leases back
+            start = StepEvent(run_id=paused_run, seq=0, ts=1e9, kind="start", policy=Policy(loop_action="pause"))
+            sent = await publish(admin, iter([start, *find_file_loop(paused_run, 1, repeats=6)]))
+            sent += await publish(admin, find_file_loop(stopped_run, 0, repeats=6))
+            await eventually(lambda: [c for c in seen[paused_run].commands if c.cmd == "pause"], what="the pause")
+            await eventually(seen[stopped_run].stops, what="the stop")
+            await send_command(admin, paused_run, Command(cmd="resume"))
+            await eventually(
+                lambda: first.processed >= len(sent) and first.engine.state(paused_run).status is RunStatus.RUNNING
+            )
+        async with running_worker(fresh_server, "second") as second:
+            await eventually(lambda: second.processed >= len(sent), what="the second worker caught up")
+            await asyncio.sleep(0.5)
+            await admin.flush()
+            pauses = [c for c in seen[paused_run].commands if c.cmd == "pause"]
+            assert [c.issuer for c in pauses] == ["supervisor:first"], "the resumed run is not paused again"
+            assert [c.issuer for c in seen[stopped_run].stops()] == ["supervisor:first"], "one stop per run"
+            assert second.engine.state(paused_run).status is RunStatus.RUNNING
+            assert second.engine.state(stopped_run).status is RunStatus.STOPPED
     finally:
-        stop_second.set()
-        await asyncio.wait_for(second_task, 15)
         await admin.close()
 
 
@@ -386,7 +385,6 @@ async def test_a_paused_run_shows_paused_also_to_a_new_owner(fresh_server: Embed
     admin = await connect(fresh_server.endpoint("admin"), "t-admin")
     await provision(admin)
     agent_nc = await connect(fresh_server.endpoint("agent"), "t-agent")
-    _, stop_first, first_task = await _start_worker(fresh_server, "first")
     said_one, go = asyncio.Event(), asyncio.Event()
 
     async def agent() -> None:
@@ -396,34 +394,29 @@ async def test_a_paused_run_shows_paused_also_to_a_new_owner(fresh_server: Embed
             await go.wait()
             await run.message("two")  # holds here while paused
 
-    task = asyncio.create_task(agent())
-    second: tuple[SupervisorWorker, asyncio.Event, asyncio.Task[None]] | None = None
+    task: asyncio.Task[None] | None = None
     try:
-        await asyncio.wait_for(said_one.wait(), 10)
-        await send_command(admin, run_id, Command(cmd="pause"))
-        go.set()
-        await eventually(lambda: _with_status(admin, run_id, RunStatus.PAUSED), what="PAUSED from the owner")
-        stop_first.set()
-        await asyncio.wait_for(first_task, 15)
+        async with running_worker(fresh_server, "first"):
+            task = asyncio.create_task(agent())
+            await asyncio.wait_for(said_one.wait(), 10)
+            await send_command(admin, run_id, Command(cmd="pause"))
+            go.set()
+            await eventually(lambda: _with_status(admin, run_id, RunStatus.PAUSED), what="PAUSED from the owner")
         # A new owner never saw the pause command; the agent's heartbeats in the stream say it.
-        second = await _start_worker(fresh_server, "second")
-        new_owner = second[0]
-        await eventually(
-            lambda: new_owner.engine.state(run_id).status is RunStatus.PAUSED, what="PAUSED in the new owner"
-        )
-        reply = await admin.request(subjects.status(run_id), b"", timeout=5)  # answered by the new owner
-        state = codec.decode_json(RunState, reply.data)
-        assert (state.status, state.stop_reason) == (RunStatus.PAUSED, StopReason.USER_PAUSED)
-        await send_command(admin, run_id, Command(cmd="resume"))
-        await asyncio.wait_for(task, 10)
-        await eventually(lambda: _with_status(admin, run_id, RunStatus.COMPLETED), what="COMPLETED")
+        async with running_worker(fresh_server, "second") as new_owner:
+            await eventually(
+                lambda: new_owner.engine.state(run_id).status is RunStatus.PAUSED, what="PAUSED in the new owner"
+            )
+            reply = await admin.request(subjects.status(run_id), b"", timeout=5)  # answered by the new owner
+            state = codec.decode_json(RunState, reply.data)
+            assert (state.status, state.stop_reason) == (RunStatus.PAUSED, StopReason.USER_PAUSED)
+            await send_command(admin, run_id, Command(cmd="resume"))
+            await asyncio.wait_for(task, 10)
+            await eventually(lambda: _with_status(admin, run_id, RunStatus.COMPLETED), what="COMPLETED")
     finally:
         go.set()
-        if not task.done():
+        if task is not None and not task.done():
             task.cancel()
-        if second is not None:
-            second[1].set()
-            await asyncio.wait_for(second[2], 15)
         await agent_nc.close()
         await admin.close()
 
@@ -433,27 +426,25 @@ async def test_a_worker_rides_out_a_server_restart(fresh_server: EmbeddedServer,
     await provision(admin)
     before = await publish(admin, find_file_loop(run_id, 0, repeats=2))  # a loop under way, below the threshold
     await admin.close()
-    worker, stop, task = await _start_worker(fresh_server, "survivor")
-    try:
+    async with running_worker(fresh_server, "survivor") as worker:
         await eventually(lambda: worker.processed >= len(before), what="the first steps processed")
         # When nats-server restarts on the same port and store,
         await fresh_server.stop()
         await fresh_server.start()
         admin = await connect(fresh_server.endpoint("admin"), "t-admin-again")
-        seen = await watch(admin, run_id)
-        partition = subjects.partition_of(run_id, worker.partitions)
-        await eventually(lambda: worker.leases.holds(partition), timeout=30, what="the lease held again")
-        # the worker reconnects, keeps (or takes back) its partitions, and the loop is still stopped, once.
-        await publish(admin, find_file_loop(run_id, 6, repeats=3))
-        stops = await eventually(seen.stops, timeout=30, what="the stop after the restart")
-        await asyncio.sleep(1.0)
-        assert len(seen.stops()) == 1
-        assert stops[0].evidence is not None
-        assert min(stops[0].evidence.seqs) < before[-1].seq, "evidence reaches back before the restart"
-        await admin.close()
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
+        try:
+            seen = await watch(admin, run_id)
+            partition = subjects.partition_of(run_id, worker.partitions)
+            await eventually(lambda: worker.leases.holds(partition), timeout=30, what="the lease held again")
+            # the worker reconnects, keeps (or takes back) its partitions, and the loop is still stopped, once.
+            await publish(admin, find_file_loop(run_id, 6, repeats=3))
+            stops = await eventually(seen.stops, timeout=30, what="the stop after the restart")
+            await asyncio.sleep(1.0)
+            assert len(seen.stops()) == 1
+            assert stops[0].evidence is not None
+            assert min(stops[0].evidence.seqs) < before[-1].seq, "evidence reaches back before the restart"
+        finally:
+            await admin.close()
 
 
 async def test_a_new_owner_never_commands_a_run_already_killed(fresh_server: EmbeddedServer, run_id: str) -> None:
@@ -463,29 +454,24 @@ async def test_a_new_owner_never_commands_a_run_already_killed(fresh_server: Emb
     admin = await connect(fresh_server.endpoint("admin"), "t-admin")
     await provision(admin)
     seen = await watch(admin, run_id)
-    _, stop_first, first_task = await _start_worker(fresh_server, "first")
-    fast = Policy(stall_timeout_s=0.5, tool_timeout_s=0.5)
-    start = StepEvent(run_id=run_id, seq=0, ts=1e9, kind="start", policy=fast)
-    await publish(admin, iter([start, *find_file_loop(run_id, 1, repeats=1)]))
-    await send_command(admin, run_id, Command(cmd="kill"))
-    await eventually(lambda: _with_status(admin, run_id, RunStatus.STOPPED), what="STOPPED after the kill")
-    stop_first.set()
-    await asyncio.wait_for(first_task, 15)
-    kills = len(seen.commands)
-
-    second, stop_second, second_task = await _start_worker(fresh_server, "second")
     try:
-        await eventually(lambda: run_id in second.engine.windows, what="the new owner replayed the run")
-        await eventually(
-            lambda: second.engine.state(run_id).status is RunStatus.STOPPED, timeout=10, what="the kill applied"
-        )
-        await asyncio.sleep(0.5)
-        await admin.flush()
-        assert seen.commands[kills:] == [], "no command after the kill"
-        assert second.engine.state(run_id).stop_reason is StopReason.USER_KILLED
+        async with running_worker(fresh_server, "first"):
+            fast = Policy(stall_timeout_s=0.5, tool_timeout_s=0.5)
+            start = StepEvent(run_id=run_id, seq=0, ts=1e9, kind="start", policy=fast)
+            await publish(admin, iter([start, *find_file_loop(run_id, 1, repeats=1)]))
+            await send_command(admin, run_id, Command(cmd="kill"))
+            await eventually(lambda: _with_status(admin, run_id, RunStatus.STOPPED), what="STOPPED after the kill")
+        kills = len(seen.commands)
+        async with running_worker(fresh_server, "second") as second:
+            await eventually(lambda: run_id in second.engine.windows, what="the new owner replayed the run")
+            await eventually(
+                lambda: second.engine.state(run_id).status is RunStatus.STOPPED, timeout=10, what="the kill applied"
+            )
+            await asyncio.sleep(0.5)
+            await admin.flush()
+            assert seen.commands[kills:] == [], "no command after the kill"
+            assert second.engine.state(run_id).stop_reason is StopReason.USER_KILLED
     finally:
-        stop_second.set()
-        await asyncio.wait_for(second_task, 15)
         await admin.close()
 
 
@@ -501,21 +487,19 @@ async def test_a_run_already_silent_before_a_takeover_is_not_given_a_fresh_timeo
     await publish(admin, iter([start, *find_file_loop(run_id, 1, repeats=1)]))
     await asyncio.sleep(stall + 0.5)  # the run falls silent while no worker is watching
     loop = asyncio.get_running_loop()
-    worker, stop, task = await _start_worker(fresh_server, "late")
-    started = loop.time()
+
+    def stall_warning() -> list[dict[str, object]]:
+        return [e for e in seen.events if e.get("reason") == "TIMEOUT"]
+
     try:
-
-        def stall_warning() -> list[dict[str, object]]:
-            return [e for e in seen.events if e.get("reason") == "TIMEOUT"]
-
-        warnings = await eventually(stall_warning, timeout=stall + 2, what="the stall warning")
-        took = loop.time() - started
-        assert took < stall / 2, f"the stall was found {took:.1f}s after the takeover: its clock restarted"
-        assert "no event for" in str(warnings[0]["evidence"])
-        assert worker.engine.state(run_id).status is RunStatus.RUNNING  # a warning first; the pause comes later
+        async with running_worker(fresh_server, "late") as worker:
+            started = loop.time()
+            warnings = await eventually(stall_warning, timeout=stall + 2, what="the stall warning")
+            took = loop.time() - started
+            assert took < stall / 2, f"the stall was found {took:.1f}s after the takeover: its clock restarted"
+            assert "no event for" in str(warnings[0]["evidence"])
+            assert worker.engine.state(run_id).status is RunStatus.RUNNING  # a warning first; the pause comes later
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
         await admin.close()
 
 
@@ -527,26 +511,25 @@ async def test_after_a_server_restart_a_quiet_partition_does_not_replay_old_step
     admin = await connect(fresh_server.endpoint("admin"), "t-admin")
     await provision(admin)
     old = await publish(admin, find_file_loop(run_id, 0, repeats=1))
+    await admin.close()
     await asyncio.sleep(1.5)
-    worker, stop, task = await _start_worker(fresh_server, "quiet", lookback_s=1.0)  # the old steps are behind it
-    try:
+    async with running_worker(fresh_server, "quiet", lookback_s=1.0) as worker:  # the old steps are behind it
         await asyncio.sleep(0.5)
         assert run_id not in worker.engine.windows
         await fresh_server.stop()
         await fresh_server.start()
         admin = await connect(fresh_server.endpoint("admin"), "t-admin-again")
-        sentinel = next(
-            f"{run_id}-{i}"
-            for i in range(1000)
-            if subjects.partition_of(f"{run_id}-{i}") != subjects.partition_of(run_id)
-        )
-        # Once the consumers are back (a new step elsewhere is read), the old ones were not replayed.
-        await eventually(lambda: _published_and_seen(admin, worker, sentinel), timeout=30, what="consumers back")
-        assert run_id not in worker.engine.windows, f"{len(old)} old steps replayed after the restart"
-        await admin.close()
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
+        try:
+            sentinel = next(
+                f"{run_id}-{i}"
+                for i in range(1000)
+                if subjects.partition_of(f"{run_id}-{i}") != subjects.partition_of(run_id)
+            )
+            # Once the consumers are back (a new step elsewhere is read), the old ones were not replayed.
+            await eventually(lambda: _published_and_seen(admin, worker, sentinel), timeout=30, what="consumers back")
+            assert run_id not in worker.engine.windows, f"{len(old)} old steps replayed after the restart"
+        finally:
+            await admin.close()
 
 
 async def _published_and_seen(admin: Client, worker: SupervisorWorker, run_id: str) -> bool:
