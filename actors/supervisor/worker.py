@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 import uuid
@@ -191,8 +190,7 @@ class SupervisorWorker(Actor):
         verdicts = self.engine.observe(event, now if stored_at is None else min(now, stored_at))
         self._dirty.add(event.run_id)
         for verdict in verdicts:
-            history_at = None if stored_at is None else dt.datetime.fromtimestamp(stored_at, tz=dt.UTC)
-            await self._decide(verdict, history_at)
+            await self._decide(verdict, stored_at)
 
     async def _tick(self) -> None:
         now = self.clock()
@@ -202,14 +200,13 @@ class SupervisorWorker(Actor):
         for run_id in self.engine.evict_idle(now, self.idle_s):
             self._dirty.discard(run_id)
 
-    async def _decide(
-        self, verdict: Verdict, history_at: dt.datetime | None = None, *, from_clock: bool = False
-    ) -> None:
+    async def _decide(self, verdict: Verdict, history_at: float | None = None, *, from_clock: bool = False) -> None:
         """Publish a verdict; a confirmed one also commands the run, once.
 
         Some decisions this worker may be making without having seen the run's commands: one
-        on replayed history (``history_at``: when its event was stored) and one from the stall
-        clock (``from_clock``: the run may be known only from a replay). For those the run's
+        on replayed history (``history_at``: when its event was stored, in epoch seconds) and
+        one from the stall clock (``from_clock``: the run may be known only from a replay).
+        For those the run's
         last stored command is read first. A kill or stop there makes the decision moot; so
         does, for history, any command stored after the event (the previous owner's decision,
         an operator's word since), and for a stall, a pause (the run is already held). The
@@ -246,7 +243,7 @@ class SupervisorWorker(Actor):
             self.commands_sent += 1
             log.warning("%s: %s", command.cmd, verdict.evidence.summary, extra=extra)
 
-    async def _overtaken(self, run_id: str, history_at: dt.datetime | None) -> bool:
+    async def _overtaken(self, run_id: str, history_at: float | None) -> bool:
         """Whether the run's last stored command makes a decision moot (see :meth:`_decide`)."""
         assert self._js is not None
         stored = await last_stored_command(self._js, run_id)
@@ -256,7 +253,7 @@ class SupervisorWorker(Actor):
         if history_at is None:
             moot = cmd in ("kill", "stop", "pause")  # from the stall clock
         else:
-            moot = cmd in ("kill", "stop") or (stored_at is not None and stored_at >= history_at)
+            moot = cmd in ("kill", "stop") or (stored_at is not None and stored_at.timestamp() >= history_at)
         if not moot:
             return False
         self.engine.apply_command(run_id, stored.command, self.clock())
