@@ -79,10 +79,11 @@ class Engine:
             self.windows[event.run_id] = window
         elif event.kind == "start" and event.policy is not None and window.n == 0:
             window.set_policy(event.policy)
-        said = heartbeat_status(event) if event.kind == "heartbeat" else None
-        if said is not None:
-            self._agent_says(window, *said)
-        elif window.paused and event.kind != "heartbeat":
+        if event.kind == "heartbeat":
+            said = heartbeat_status(event)
+            if said is not None:
+                self._agent_says(window, *said)
+        elif window.paused:
             # Activity after a pause: the run was resumed, or (from our SDK) a step still in
             # flight when the pause was sent; the SDK's PAUSED heartbeat then says so again.
             window.paused = False
