@@ -35,6 +35,11 @@ async def fetch_state(nc: Client, run_id: str, timeout: float = 2.0) -> RunState
             return codec.decode_json(RunState, reply.data)
     except (NoRespondersError, NatsTimeout):
         pass
+    return await stored_state(nc, run_id)
+
+
+async def stored_state(nc: Client, run_id: str) -> RunState | None:
+    """The run's state as its supervisor last wrote it to KV ``rv_runs``; None if it never did."""
     kv = await nc.jetstream().key_value(subjects.RUNS_BUCKET)
     try:
         entry = await kv.get(run_id)

@@ -4,8 +4,10 @@ One ordered consumer per held partition, on a connection of its own: a new owner
 catch-up is a flood, and lease renewals, commands and status replies on the worker's main
 connection must not queue behind it (on one connection they did, and a worker lost its own
 leases while catching up). Each consumer starts ``lookback_s`` back, so a new owner
-rebuilds its runs' windows from the stream; the events up to the stream's last sequence
-when following began are *history*, whose decisions the previous owner may have made.
+rebuilds its runs' windows from the stream; the partition's events up to its last sequence
+when following began are *history*, whose decisions the previous owner may have made. Until
+the last of them is judged the partition is *catching up*: what the worker knows of its runs
+is older than what the previous owner last said of them.
 
 While a partition's lease is stale (a renewal is late), its steps are held back, not
 judged and not dropped: a late renewal that goes through confirms the partition and they
@@ -37,7 +39,8 @@ CONSUMER_HEARTBEAT_S = 2.0
 #: Steps kept per partition while its lease is stale (a renewal is due within a third of the TTL).
 MAX_HELD_BACK = 100_000
 
-StepHandler = Callable[[int, Msg], Awaitable[None]]
+#: Judges one step of a partition: (partition, message, when it was stored if it is history, else None).
+StepHandler = Callable[[int, Msg, float | None], Awaitable[None]]
 
 
 class Followers:
@@ -48,10 +51,10 @@ class Followers:
         lookback_s: float, clock: Callable[[], float], worker_id: str,
     ) -> None:  # fmt: skip
         """Args:
-        nc: the worker's main connection (stream info, the start-time lookup).
+        nc: the worker's main connection (direct gets: where a partition's history begins and ends).
         steps_nc: the connection the consumers read on.
         holds: whether the worker's lease on a partition is fresh.
-        handle: judges one step of a partition, in order.
+        handle: judges one step of a partition, in order (see ``StepHandler``).
         lookback_s: how far back a new consumer starts.
         clock: wall clock (seconds).
         worker_id: for logs.
@@ -65,9 +68,9 @@ class Followers:
         self._clock = clock
         self._worker_id = worker_id
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        # Per followed partition, the stream's last sequence when following began.
+        # Per followed partition, its last sequence within the lookback when following began (0: none).
         self._history_until: dict[int, int] = {}
-        self._live: set[int] = set()  # partitions past their history
+        self._live: set[int] = set()  # partitions whose history is judged
         self._held_back: dict[int, list[Msg]] = {}
         self._releasing: set[int] = set()
         self._overflowed: set[int] = set()
@@ -97,19 +100,9 @@ class Followers:
         for task in self._tasks.values():
             task.cancel()
 
-    def stored_at_if_history(self, partition: int, msg: Msg) -> float | None:
-        """When ``msg`` was stored (epoch seconds), if before this worker began following its partition.
-
-        None for a live step. Only a partition still catching up pays for reading the
-        delivery's metadata (its reply subject; nats-py's ``msg.metadata`` costs several times more).
-        """
-        if partition in self._live:
-            return None
-        position = stream_position(msg.reply)
-        if position is not None and position[0] <= self._history_until.get(partition, 0):
-            return position[1]
-        self._live.add(partition)
-        return None
+    def catching_up(self, partition: int) -> bool:
+        """Whether ``partition`` is followed and the last step of its history is not judged yet."""
+        return partition in self._tasks and partition not in self._live
 
     async def release_ready(self) -> None:
         """Judge what was held back on partitions whose lease is fresh again (ones gone quiet since)."""
@@ -125,12 +118,15 @@ class Followers:
         delay = 0.1
         while True:
             try:
-                history = await self._js.stream_info(subjects.STEPS_STREAM)
-                self._history_until[partition] = history.state.last_seq
+                last = await self._direct_get_seq({"last_by_subj": subjects.partition_filter(partition)}) or 0
                 # By sequence, not by start time: nats-py 2.16 re-creates an ordered consumer after
                 # a reset (a server restart, missed heartbeats) by sequence but keeps the start time
                 # in its request, which the server refuses; the partition would never be read again.
-                start = await self._first_seq_since(since) or history.state.last_seq + 1
+                first = await self._direct_get_seq({"start_time": since.isoformat().replace("+00:00", "Z")})
+                start = first or last + 1
+                self._history_until[partition] = last if last >= start else 0
+                if not self._history_until[partition]:
+                    self._live.add(partition)  # nothing to replay
                 config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
                 sub = await self._steps_js.subscribe(
                     subjects.partition_filter(partition), stream=subjects.STEPS_STREAM, ordered_consumer=True,
@@ -148,9 +144,8 @@ class Followers:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _first_seq_since(self, since: dt.datetime) -> int | None:
-        """The stream sequence of the first step stored at or after ``since``; None when there is none."""
-        request = {"start_time": since.isoformat().replace("+00:00", "Z")}
+    async def _direct_get_seq(self, request: dict[str, str]) -> int | None:
+        """The stream sequence of the step a direct get on ``RV_STEPS`` finds; None when there is none."""
         reply = await self._nc.request(subjects.direct_get(subjects.STEPS_STREAM), codec.json_bytes(request), timeout=5)
         headers = reply.headers or {}
         sequence = headers.get("Nats-Sequence")
@@ -158,7 +153,7 @@ class Followers:
             return int(sequence)
         if headers.get("Status") == "404":
             return None
-        raise RuntimeError(f"direct get by start time failed: {headers}")
+        raise RuntimeError(f"direct get {request} failed: {headers}")
 
     # -- steps -------------------------------------------------------------------------
 
@@ -171,7 +166,26 @@ class Followers:
             self._hold_back(partition, msg)  # behind the ones already waiting, to keep the order
             await self._release(partition)
         else:
-            await self._handle(partition, msg)
+            await self._judge(partition, msg)
+
+    async def _judge(self, partition: int, msg: Msg) -> None:
+        """Hand one step to the worker, saying when it was stored if it is history.
+
+        Only a partition still catching up pays for reading the delivery's metadata (its
+        reply subject; nats-py's ``msg.metadata`` costs several times more).
+        """
+        if partition in self._live:
+            await self._handle(partition, msg, None)
+            return
+        position = stream_position(msg.reply)
+        until = self._history_until.get(partition, 0)
+        if position is None or position[0] > until:
+            self._live.add(partition)
+            await self._handle(partition, msg, None)
+            return
+        await self._handle(partition, msg, position[1])
+        if position[0] == until and partition in self._tasks:
+            self._live.add(partition)  # its history is judged
 
     def _hold_back(self, partition: int, msg: Msg) -> None:
         held = self._held_back.setdefault(partition, [])
@@ -194,7 +208,7 @@ class Followers:
                         if partition in self._tasks:
                             self._held_back[partition] = held[i:] + self._held_back[partition]
                         return
-                    await self._handle(partition, msg)
+                    await self._judge(partition, msg)
             self._held_back.pop(partition, None)
             self._overflowed.discard(partition)
         finally:

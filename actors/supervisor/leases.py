@@ -51,7 +51,11 @@ def preference(worker_id: str, partitions: int) -> list[int]:
 
 
 class Leases:
-    """One worker's partition leases. Call :meth:`round` every ``ttl_s / 3`` seconds."""
+    """One worker's partition leases. Call :meth:`round` every ``ttl_s / 3`` seconds.
+
+    ``on_lose`` runs after a lost lease is dropped (the worker may no longer act on the
+    partition), and before a lease given back is (it still may, one last time).
+    """
 
     def __init__(
         self, kv: KeyValue, worker_id: str, partitions: int, ttl_s: float,
@@ -145,9 +149,14 @@ class Leases:
 
     async def _release(self, partition: int) -> None:
         held = self._held.get(partition)
-        await self._drop(partition)
         if held is None:
             return
+        # Given back, not lost: the lease is still held while ``on_lose`` runs, so the worker
+        # can write its last word on the partition's runs before anyone else can take it.
+        try:
+            await self.on_lose(partition)
+        finally:
+            self._held.pop(partition, None)
         # Already expired or taken by someone else: nothing to give back.
         with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError, KeyDeletedError):
             await self.kv.delete(subjects.lease_key(partition), last=held.revision)

@@ -41,6 +41,8 @@ from protocols.policy import Policy
 log = logging.getLogger(__name__)
 
 NATS_MSG_ID = "Nats-Msg-Id"
+#: Warnings on history whose check (a read of ``rv_runs``) may be in flight at once.
+MAX_CHECKING = 32
 
 
 class SupervisorWorker(Actor):
@@ -88,6 +90,8 @@ class SupervisorWorker(Actor):
         self._reported = 0
         self.commands_sent = 0  # a count, not a list: a worker runs for months
         self._dirty: set[str] = set()
+        self._checking: dict[str, asyncio.Task[None]] = {}  # warnings on history being checked, by run
+        self._check_slots = asyncio.Semaphore(MAX_CHECKING)
         self._js: JetStreamContext | None = None
         self._followers: Followers | None = None
         self._runs_kv: KeyValue | None = None
@@ -133,6 +137,7 @@ class SupervisorWorker(Actor):
         ]
 
     async def on_stop(self) -> None:
+        await asyncio.gather(*self._checking.values())
         await self._flush()
         await self.leases.release_all()
         log.info("supervisor stopped; leases released", extra={"worker": self.worker_id})
@@ -141,6 +146,8 @@ class SupervisorWorker(Actor):
         # The leases are left to expire: the crash may be the connection. Following stops with us.
         if self._followers is not None:
             self._followers.cancel_all()
+        for task in self._checking.values():
+            task.cancel()
         await super().on_failure(exc)
 
     async def _every(self, period: float, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -167,14 +174,20 @@ class SupervisorWorker(Actor):
         self.followers.start(partition)
 
     async def _lose(self, partition: int) -> None:
+        # A lease given back is still held while this runs (see ``Leases``): the states the next
+        # owner will read are written first, unless this worker's own view was still incomplete.
+        complete = not self.followers.catching_up(partition)
         await self.followers.stop(partition)
         gone = [run for run in self.engine.windows if subjects.partition_of(run, self.partitions) == partition]
+        if complete and self.leases.holds(partition):
+            await self._write_states([run for run in gone if run in self._dirty])
         self.engine.forget(gone)
         self._dirty.difference_update(gone)
 
     # -- events ------------------------------------------------------------------------
 
-    async def _step(self, partition: int, msg: Msg) -> None:
+    async def _step(self, partition: int, msg: Msg, stored_at: float | None) -> None:
+        """Judge one step; ``stored_at`` (epoch seconds) is given for history (see ``Followers``)."""
         try:
             event = codec.decode(StepEvent, msg.data)
         except DecodeError as exc:
@@ -186,7 +199,6 @@ class SupervisorWorker(Actor):
             self.first_at = now
         # History is seen when it happened: a run already silent before a takeover is not
         # given a fresh stall timeout by being replayed.
-        stored_at = self.followers.stored_at_if_history(partition, msg)
         verdicts = self.engine.observe(event, now if stored_at is None else min(now, stored_at))
         self._dirty.add(event.run_id)
         for verdict in verdicts:
@@ -214,19 +226,25 @@ class SupervisorWorker(Actor):
         de-duplicate a repeated command, but the agent's subscription would still receive it,
         and a pause stored after a kill would hide the kill from a later resume. Live
         decisions skip the read: it would cost a round trip while the partition waits.
+
+        A warning on history is published unless the previous owner had judged its step (see
+        :meth:`_warn_unless_judged`); that check runs beside the partition, not in its way.
         """
         run_id = verdict.run_id
         self._dirty.add(run_id)
-        checked = history_at is not None or from_clock
-        if verdict.severity != "warn" and checked and await self._overtaken(run_id, history_at):
-            return
-        extra = {"run_id": run_id, "reason": verdict.reason, "worker": self.worker_id}
-        await self.nc.publish(
-            subjects.event(run_id), codec.encode_json(verdict), headers={codec.CONTENT_TYPE: codec.JSON}
-        )
+        await self._warning_sent(run_id)  # one still being checked goes out first: a run's verdicts keep their order
         if verdict.severity == "warn":
-            log.info("warning: %s", verdict.evidence.summary, extra=extra)
+            if history_at is None:
+                await self._publish(verdict)
+            else:
+                # Whether the previous owner published it is a round trip; the partition goes on
+                # meanwhile, up to a bound (a backlog of runs must not crowd out lease renewals).
+                await self._check_slots.acquire()
+                self._checking[run_id] = asyncio.create_task(self._warn_unless_judged(verdict))
             return
+        if (history_at is not None or from_clock) and await self._overtaken(run_id, history_at):
+            return
+        await self._publish(verdict)
         if not self.owns(run_id):
             return
         command = Command(
@@ -241,7 +259,48 @@ class SupervisorWorker(Actor):
         )
         if not ack.duplicate:
             self.commands_sent += 1
+            extra = {"run_id": run_id, "reason": verdict.reason, "worker": self.worker_id}
             log.warning("%s: %s", command.cmd, verdict.evidence.summary, extra=extra)
+
+    async def _publish(self, verdict: Verdict) -> None:
+        """Publish a verdict on ``rv.event.<run>`` (operators, dashboards)."""
+        await self.nc.publish(
+            subjects.event(verdict.run_id), codec.encode_json(verdict), headers={codec.CONTENT_TYPE: codec.JSON}
+        )
+        if verdict.severity == "warn":
+            log.info(
+                "warning: %s", verdict.evidence.summary, extra={"run_id": verdict.run_id, "worker": self.worker_id}
+            )
+
+    async def _warning_sent(self, run_id: str) -> None:
+        task = self._checking.pop(run_id, None)
+        if task is not None:
+            await task
+
+    async def _warn_unless_judged(self, verdict: Verdict) -> None:
+        """Publish a warning made on history unless the previous owner judged its step (and so published it).
+
+        It did if the state it left in ``rv_runs`` is at that step or later: a partition catching
+        up is not written (see :meth:`_flush`), so that state is still the previous owner's. A
+        warning it had no time to write down (a crash within ``flush_s``), or one that cannot be
+        checked, is published again: warnings are sent at least once.
+        """
+        run_id = verdict.run_id
+        try:
+            stored = await self._stored_state(run_id)
+            judged = stored is not None and stored.last_seq >= verdict.at_seq
+        except Exception as exc:
+            log.warning(
+                "cannot read the run's stored state: %s", exc, extra={"run_id": run_id, "worker": self.worker_id}
+            )
+            judged = False
+        try:
+            if not judged:
+                await self._publish(verdict)
+        finally:
+            self._check_slots.release()
+            if self._checking.get(run_id) is asyncio.current_task():
+                del self._checking[run_id]
 
     async def _overtaken(self, run_id: str, history_at: float | None) -> bool:
         """Whether the run's last stored command makes a decision moot (see :meth:`_decide`)."""
@@ -295,8 +354,15 @@ class SupervisorWorker(Actor):
         await msg.respond(codec.encode_json(state) if state is not None else b"")
 
     async def _state(self, run_id: str) -> RunState | None:
-        if run_id in self.engine.windows:
+        """The run's state: live, or while its partition catches up, the last one written (a
+        replay half done is older than that)."""
+        known = run_id in self.engine.windows
+        if known and not self._catching_up(run_id):
             return self.engine.state(run_id)
+        stored = await self._stored_state(run_id)
+        return self.engine.state(run_id) if stored is None and known else stored
+
+    async def _stored_state(self, run_id: str) -> RunState | None:
         assert self._runs_kv is not None
         try:
             entry = await self._runs_kv.get(run_id)
@@ -304,17 +370,34 @@ class SupervisorWorker(Actor):
             return None
         return codec.decode(RunState, entry.value) if entry.value else None
 
+    def _catching_up(self, run_id: str) -> bool:
+        return self.followers.catching_up(subjects.partition_of(run_id, self.partitions))
+
     async def _flush(self) -> None:
-        """Write dirty run states to ``rv_runs``, pipelined, at most once per ``flush_s`` per run."""
+        """Write dirty run states to ``rv_runs`` at most once per ``flush_s`` per run.
+
+        Runs of a partition still catching up wait: their replayed state would rewind what the
+        previous owner wrote (a stopped run shown RUNNING until the replay reaches the stop).
+        """
         await self._report()
-        if not self._dirty:
-            return
-        assert self._js is not None
         dirty, self._dirty = self._dirty, set()
+        ready = []
         for run_id in dirty:
             if run_id in self.engine.windows and self.owns(run_id):
-                state = self.engine.state(run_id)
-                await self._js.publish_async(subjects.kv_subject(subjects.RUNS_BUCKET, run_id), codec.encode(state))
+                if self._catching_up(run_id):
+                    self._dirty.add(run_id)
+                else:
+                    ready.append(run_id)
+        await self._write_states(ready)
+
+    async def _write_states(self, run_ids: list[str]) -> None:
+        """Write the runs' states to ``rv_runs``, pipelined."""
+        if not run_ids:
+            return
+        assert self._js is not None
+        for run_id in run_ids:
+            state = self.engine.state(run_id)
+            await self._js.publish_async(subjects.kv_subject(subjects.RUNS_BUCKET, run_id), codec.encode(state))
         await self._js.publish_async_completed()
 
     async def _report(self) -> None:

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import pytest_asyncio
@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from actors.agent import Run
-from actors.operator import fetch_state, send_command
+from actors.operator import fetch_state, send_command, stored_state
 from actors.server import EmbeddedServer, connect, provision
 from actors.supervisor.worker import SupervisorWorker
 from actors.testing import eventually
@@ -75,18 +75,28 @@ class Watch:
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    server: EmbeddedServer, worker_id: str, lookback_s: float = 900.0
+    server: EmbeddedServer,
+    worker_id: str,
+    lookback_s: float = 900.0,
+    before_start: Callable[[SupervisorWorker], None] | None = None,
+    flush_s: float = 0.05,
+    leases: int | None = None,
 ) -> AsyncIterator[SupervisorWorker]:
-    """A worker in this process, once it holds every partition; stopped gracefully (leases given back) on exit."""
+    """A worker in this process, once it holds ``leases`` partitions (default: all of them); stopped
+    gracefully (leases given back) on exit."""
     stop = asyncio.Event()
     w = SupervisorWorker(
-        server.endpoint("supervisor"), worker_id=worker_id, flush_s=0.05, tick_s=0.1, lookback_s=lookback_s
+        server.endpoint("supervisor"), worker_id=worker_id, flush_s=flush_s, tick_s=0.1, lookback_s=lookback_s
     )
+    if before_start is not None:
+        before_start(w)
+
+    def holding() -> bool:
+        return w._leases is not None and len(w.leases.owned) == (leases or w.partitions)
+
     task = asyncio.create_task(w.run(stop))
     try:
-        await eventually(
-            lambda: w._leases is not None and len(w.leases.owned) == w.partitions, what=f"{worker_id} leases"
-        )
+        await eventually(holding, what=f"{worker_id} leases")
         yield w
     finally:
         stop.set()
@@ -537,3 +547,83 @@ async def _published_and_seen(admin: Client, worker: SupervisorWorker, run_id: s
         await publish(admin, find_file_loop(run_id, 0, repeats=1))
         await asyncio.sleep(0.5)
     return run_id in worker.engine.windows
+
+
+async def test_a_new_owner_catching_up_does_not_rewind_the_runs_it_replays(
+    fresh_server: EmbeddedServer, run_id: str
+) -> None:
+    # A new owner rebuilds a run's window step by step. Until it has replayed all of it, what it
+    # knows is older than what the previous owner last wrote: rv_runs, status answers and warnings
+    # must not go back in time (a stopped run shown RUNNING, a warning published again).
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    seen = await watch(admin, run_id)
+    try:
+        async with running_worker(fresh_server, "first") as first:
+            sent = await publish(admin, find_file_loop(run_id, 0, repeats=6))
+            await eventually(seen.stops, what="the stop")
+            await eventually(lambda: first.processed >= len(sent), what="the first worker read everything")
+        await eventually(lambda: _with_status(admin, run_id, RunStatus.STOPPED), what="STOPPED in rv_runs")
+        verdicts_before = list(seen.events)
+        kv = await admin.jetstream().key_value(subjects.RUNS_BUCKET)
+        watcher = await kv.watch(run_id, include_history=False)
+        written: list[RunState] = []
+
+        async def collect() -> None:
+            async for entry in watcher:
+                if entry is not None and entry.value:
+                    written.append(codec.decode(RunState, entry.value))
+
+        collecting = asyncio.create_task(collect())
+        answers: list[RunState] = []
+
+        def slow_replay(worker: SupervisorWorker) -> None:
+            # After each replayed step: time for a flush, then the question an operator would ask.
+            judge = worker._step
+
+            async def step(partition: int, msg: Msg, stored_at: float | None) -> None:
+                await judge(partition, msg, stored_at)
+                await asyncio.sleep(0.1)
+                state = await fetch_state(admin, run_id)
+                if state is not None:
+                    answers.append(state)
+
+            worker._step = step  # type: ignore[method-assign]
+
+        async with running_worker(fresh_server, "second", before_start=slow_replay) as second:
+            await eventually(lambda: second.processed >= len(sent), what="the second worker caught up")
+            await asyncio.sleep(0.3)
+            assert second.engine.state(run_id).status is RunStatus.STOPPED
+        collecting.cancel()
+        await watcher.stop()  # type: ignore[no-untyped-call]
+        assert len(answers) == len(sent)
+        assert [s.status for s in answers if s.status is not RunStatus.STOPPED] == [], "status answers rewound"
+        assert written, "the state is written once the replay is complete"
+        assert [s.status for s in written if s.status is not RunStatus.STOPPED] == [], "rv_runs rewound"
+        assert seen.events == verdicts_before, "a verdict published again by the new owner"
+    finally:
+        await admin.close()
+
+
+async def test_a_worker_giving_a_partition_back_writes_its_runs_states_first(
+    fresh_server: EmbeddedServer, run_id: str
+) -> None:
+    # A worker that joins takes half the partitions; the one giving them back has states not yet
+    # written (rv_runs is written once per flush period). The newcomer's catch-up reads rv_runs, and
+    # so do operators: what the old owner knew must be there before the lease changes hands.
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    given_back = next(r for r in (f"{run_id}-{i}" for i in range(1000)) if subjects.partition_of(r) >= 16)
+    seen = await watch(admin, given_back)
+    try:
+        async with running_worker(fresh_server, "old", flush_s=3600) as old:
+            await publish(admin, find_file_loop(given_back, 0, repeats=4))
+            await eventually(seen.stops, what="the stop")
+            assert await stored_state(admin, given_back) is None, "not written yet: the flush is hours away"
+            async with running_worker(fresh_server, "new", leases=16):
+                await eventually(lambda: len(old.leases.owned) == 16, what="the old worker gave half back")
+                state = await stored_state(admin, given_back)
+                assert state is not None
+                assert state.status is RunStatus.STOPPED
+    finally:
+        await admin.close()
