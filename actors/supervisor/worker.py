@@ -24,11 +24,13 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from actors.control import last_stored_command
 from actors.endpoint import Endpoint
+from actors.retry.backoff import Backoff
 from actors.runtime import Actor
 from actors.supervisor._follow import Followers
 from actors.supervisor.engine import Engine
@@ -41,6 +43,8 @@ from protocols.policy import Policy
 log = logging.getLogger(__name__)
 
 NATS_MSG_ID = "Nats-Msg-Id"
+#: How long a write to ``rv_runs`` may wait for its acknowledgement before it is retried.
+WRITE_TIMEOUT_S = 5.0
 #: Warnings on history whose check (a read of ``rv_runs``) may be in flight at once.
 MAX_CHECKING = 32
 
@@ -92,6 +96,7 @@ class SupervisorWorker(Actor):
         self._dirty: set[str] = set()
         self._checking: dict[str, asyncio.Task[None]] = {}  # warnings on history being checked, by run
         self._check_slots = asyncio.Semaphore(MAX_CHECKING)
+        self._store_backoff = Backoff(base_s=0.2, multiplier=2.0, cap_s=5.0)
         self._js: JetStreamContext | None = None
         self._followers: Followers | None = None
         self._runs_kv: KeyValue | None = None
@@ -253,14 +258,39 @@ class SupervisorWorker(Actor):
         )  # fmt: skip
         # One stop per run ever; a pause once per reason and onset (DESIGN §3: idempotent decisions).
         msg_id = f"{run_id}:stop" if command.cmd == "stop" else f"{run_id}:pause:{verdict.reason}:{verdict.at_seq}"
-        assert self._js is not None
-        ack = await self._js.publish(
-            subjects.ctl(run_id), codec.encode(command), headers={NATS_MSG_ID: msg_id, **codec.MSGPACK_HEADERS}
-        )
-        if not ack.duplicate:
+        if await self._store(run_id, command, msg_id):
             self.commands_sent += 1
             extra = {"run_id": run_id, "reason": verdict.reason, "worker": self.worker_id}
             log.warning("%s: %s", command.cmd, verdict.evidence.summary, extra=extra)
+
+    async def _store(self, run_id: str, command: Command, msg_id: str) -> bool:
+        """Publish a command to ``RV_CONTROL`` until it is stored; True unless it was already there.
+
+        A command that cannot be stored (JetStream unavailable, the stream being restored) is
+        retried with backoff while the run is this worker's: the engine has already counted the
+        decision as made, so giving up would let a loop run on. When the lease goes, or the
+        worker stops, it is left to the next owner, whose replay reaches the same decision.
+        """
+        assert self._js is not None
+        extra = {"run_id": run_id, "worker": self.worker_id}
+        attempt = 0
+        while True:
+            try:
+                ack = await self._js.publish(
+                    subjects.ctl(run_id), codec.encode(command), headers={NATS_MSG_ID: msg_id, **codec.MSGPACK_HEADERS}
+                )
+            except Exception as exc:
+                why = str(exc) or type(exc).__name__
+                if self.stopping.is_set() or not self.owns(run_id):
+                    log.warning("%s not stored (%s); left to the next owner", command.cmd, why, extra=extra)
+                    return False
+                delay = self._store_backoff.delay(attempt)
+                attempt += 1
+                log.warning("%s not stored (%s); retrying in %.1fs", command.cmd, why, delay, extra=extra)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                continue
+            return not ack.duplicate
 
     async def _publish(self, verdict: Verdict) -> None:
         """Publish a verdict on ``rv.event.<run>`` (operators, dashboards)."""
@@ -391,14 +421,33 @@ class SupervisorWorker(Actor):
         await self._write_states(ready)
 
     async def _write_states(self, run_ids: list[str]) -> None:
-        """Write the runs' states to ``rv_runs``, pipelined."""
+        """Write the runs' states to ``rv_runs``, pipelined; those not acknowledged stay dirty.
+
+        A finished run sends nothing more, so a write that failed (JetStream unavailable) or
+        whose acknowledgement never came (lost in a reconnect: nats-py's own wait for pending
+        publishes would then hang for ever) must be retried by the next flush, not forgotten.
+        """
         if not run_ids:
             return
         assert self._js is not None
-        for run_id in run_ids:
-            state = self.engine.state(run_id)
-            await self._js.publish_async(subjects.kv_subject(subjects.RUNS_BUCKET, run_id), codec.encode(state))
-        await self._js.publish_async_completed()
+        acks: dict[str, asyncio.Future[PubAck]] = {}
+        try:
+            for run_id in run_ids:
+                state = self.engine.state(run_id)
+                subject = subjects.kv_subject(subjects.RUNS_BUCKET, run_id)
+                acks[run_id] = await self._js.publish_async(subject, codec.encode(state))
+        finally:
+            done: set[asyncio.Future[PubAck]] = set()
+            if acks:
+                done, pending = await asyncio.wait(acks.values(), timeout=WRITE_TIMEOUT_S)
+                for ack in pending:
+                    ack.cancel()
+            failed = [run for run in run_ids if acks.get(run) not in done or acks[run].exception() is not None]
+            if failed:
+                self._dirty.update(failed)
+                log.warning(
+                    "%d run states not written to rv_runs; retrying", len(failed), extra={"worker": self.worker_id}
+                )
 
     async def _report(self) -> None:
         """Publish throughput on ``rv.stats.<worker>`` when it changed (operators, the bench)."""

@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from actors.agent import Run
+from actors.control import last_stored_command
 from actors.operator import fetch_state, send_command, stored_state
 from actors.server import EmbeddedServer, connect, provision
 from actors.supervisor.worker import SupervisorWorker
@@ -625,5 +626,46 @@ async def test_a_worker_giving_a_partition_back_writes_its_runs_states_first(
                 state = await stored_state(admin, given_back)
                 assert state is not None
                 assert state.status is RunStatus.STOPPED
+    finally:
+        await admin.close()
+
+
+async def test_a_stop_is_not_lost_while_the_control_stream_is_unavailable(
+    fresh_server: EmbeddedServer, run_id: str
+) -> None:
+    # The stop is the whole point: if storing it fails (JetStream unavailable, the stream being
+    # restored), the worker must keep trying, not mark the run decided and let the loop run on.
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    js = admin.jetstream()
+    try:
+        async with running_worker(fresh_server, "solo") as worker:
+            await js.delete_stream(subjects.CONTROL_STREAM)
+            await publish(admin, find_file_loop(run_id, 0, repeats=4))
+            await eventually(lambda: worker.engine.state(run_id).status is RunStatus.STOPPED, what="the decision")
+            await asyncio.sleep(0.5)  # a first attempt to store it fails meanwhile
+            await provision(admin)
+            stored = await eventually(lambda: last_stored_command(js, run_id), timeout=20, what="the stored stop")
+            assert stored.command.cmd == "stop"
+            assert stored.command.reason is StopReason.LOOP_DETECTED
+    finally:
+        await admin.close()
+
+
+async def test_a_state_that_could_not_be_written_is_written_later(fresh_server: EmbeddedServer, run_id: str) -> None:
+    # A stopped run sends nothing more: if writing its final state fails once, nothing would
+    # write it again, and rv_runs would show it running for ever.
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    js = admin.jetstream()
+    try:
+        async with running_worker(fresh_server, "solo") as worker:
+            await js.delete_key_value(subjects.RUNS_BUCKET)
+            await publish(admin, find_file_loop(run_id, 0, repeats=4))
+            await eventually(lambda: worker.engine.state(run_id).status is RunStatus.STOPPED, what="the decision")
+            await asyncio.sleep(0.5)  # flushes fail meanwhile
+            await provision(admin)
+            state = await eventually(lambda: stored_state(admin, run_id), what="the state in rv_runs")
+            assert state.status is RunStatus.STOPPED
     finally:
         await admin.close()
