@@ -403,6 +403,7 @@ async def test_a_paused_run_shows_paused_also_to_a_new_owner(fresh_server: Embed
             await run.message("one")
             said_one.set()
             await go.wait()
+            await eventually(lambda: run.paused, what="the pause received")  # else "two" may go out first
             await run.message("two")  # holds here while paused
 
     task: asyncio.Task[None] | None = None
