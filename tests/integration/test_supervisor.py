@@ -670,3 +670,24 @@ async def test_a_state_that_could_not_be_written_is_written_later(fresh_server: 
             assert state.status is RunStatus.STOPPED
     finally:
         await admin.close()
+
+
+async def test_a_decision_on_history_is_not_lost_while_the_control_stream_is_unavailable(
+    fresh_server: EmbeddedServer, run_id: str
+) -> None:
+    # A new owner reads a run's last stored command before deciding on replayed history; if that
+    # read fails, the decision must wait for it, not vanish.
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    js = admin.jetstream()
+    await publish(admin, find_file_loop(run_id, 0, repeats=4))  # nobody watching yet
+    await js.delete_stream(subjects.CONTROL_STREAM)
+    try:
+        async with running_worker(fresh_server, "late") as worker:
+            await eventually(lambda: worker.engine.state(run_id).status is RunStatus.STOPPED, what="the decision")
+            await asyncio.sleep(0.5)  # the read of the last command and a first store fail meanwhile
+            await provision(admin)
+            stored = await eventually(lambda: last_stored_command(js, run_id), timeout=20, what="the stored stop")
+            assert stored.command.cmd == "stop"
+    finally:
+        await admin.close()
