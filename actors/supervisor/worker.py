@@ -4,12 +4,11 @@ For each partition it holds, the worker follows ``RV_STEPS`` from ``lookback_s``
 (:class:`Followers`, on a connection of its own), so a new owner rebuilds its runs' windows
 from the stream.
 
-Each event goes through the pure :class:`Engine`; verdicts go out as ``Verdict`` JSON on
-``rv.event.<run>`` (for people and dashboards), and a confirmed pause or stop as a
-``Command`` on ``rv.ctl.<run>`` with a ``Nats-Msg-Id``, so a takeover that replays the
-same events never stores a command twice. The worker keeps ``rv_runs`` current
-(coalesced: a dirty run is written at most once per ``flush_s``), answers
-``rv.status.<run>`` for the runs it owns, and follows operator commands on ``rv.ctl.*``.
+Each event goes through the pure :class:`Engine`; what it decides goes out through
+:class:`Decisions` (verdicts on ``rv.event.<run>``, a confirmed pause or stop stored in
+``RV_CONTROL`` once). The worker keeps ``rv_runs`` current (coalesced: a dirty run is written
+at most once per ``flush_s``), answers ``rv.status.<run>`` for the runs it owns, and follows
+operator commands on ``rv.ctl.*``.
 """
 
 from __future__ import annotations
@@ -28,25 +27,21 @@ from nats.js.api import PubAck
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from actors.control import last_stored_command
 from actors.endpoint import Endpoint
-from actors.retry.backoff import Backoff
 from actors.runtime import Actor
+from actors.supervisor._decide import Decisions
 from actors.supervisor._follow import Followers
 from actors.supervisor.engine import Engine
 from actors.supervisor.leases import Leases
 from protocols import codec, subjects
 from protocols.codec import DecodeError
-from protocols.messages import Command, RunState, StepEvent, Verdict
+from protocols.messages import RunState, StepEvent
 from protocols.policy import Policy
 
 log = logging.getLogger(__name__)
 
-NATS_MSG_ID = "Nats-Msg-Id"
 #: How long a write to ``rv_runs`` may wait for its acknowledgement before it is retried.
 WRITE_TIMEOUT_S = 5.0
-#: Warnings on history whose check (a read of ``rv_runs``) may be in flight at once.
-MAX_CHECKING = 32
 
 
 class SupervisorWorker(Actor):
@@ -92,11 +87,8 @@ class SupervisorWorker(Actor):
         self.first_at: float | None = None  # wall clock of the first and latest processed event
         self.last_at = 0.0
         self._reported = 0
-        self.commands_sent = 0  # a count, not a list: a worker runs for months
         self._dirty: set[str] = set()
-        self._checking: dict[str, asyncio.Task[None]] = {}  # warnings on history being checked, by run
-        self._check_slots = asyncio.Semaphore(MAX_CHECKING)
-        self._store_backoff = Backoff(base_s=0.2, multiplier=2.0, cap_s=5.0)
+        self._decisions: Decisions | None = None
         self._js: JetStreamContext | None = None
         self._followers: Followers | None = None
         self._runs_kv: KeyValue | None = None
@@ -106,6 +98,15 @@ class SupervisorWorker(Actor):
     def leases(self) -> Leases:
         assert self._leases is not None, "the worker is not started"
         return self._leases
+
+    @property
+    def decisions(self) -> Decisions:
+        assert self._decisions is not None, "the worker is not started"
+        return self._decisions
+
+    @property
+    def commands_sent(self) -> int:
+        return self._decisions.commands_sent if self._decisions is not None else 0
 
     def owns(self, run_id: str) -> bool:
         return self.leases.holds(subjects.partition_of(run_id, self.partitions))
@@ -126,6 +127,9 @@ class SupervisorWorker(Actor):
         self._leases = Leases(
             lease_kv, self.worker_id, self.partitions, self.lease_ttl_s, self._gain, self._lose, time.monotonic
         )
+        self._decisions = Decisions(
+            self.nc, self._js, self.engine, self.owns, self._stored_state, self.stopping, self.clock, self.worker_id
+        )
         self._followers = Followers(
             self.nc, steps_nc, self.leases.holds, self._step, self.lookback_s, self.clock, self.worker_id
         )
@@ -142,7 +146,7 @@ class SupervisorWorker(Actor):
         ]
 
     async def on_stop(self) -> None:
-        await asyncio.gather(*self._checking.values())
+        await self.decisions.drain()
         await self._flush()
         await self.leases.release_all()
         log.info("supervisor stopped; leases released", extra={"worker": self.worker_id})
@@ -151,8 +155,8 @@ class SupervisorWorker(Actor):
         # The leases are left to expire: the crash may be the connection. Following stops with us.
         if self._followers is not None:
             self._followers.cancel_all()
-        for task in self._checking.values():
-            task.cancel()
+        if self._decisions is not None:
+            self._decisions.cancel()
         await super().on_failure(exc)
 
     async def _every(self, period: float, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -207,150 +211,16 @@ class SupervisorWorker(Actor):
         verdicts = self.engine.observe(event, now if stored_at is None else min(now, stored_at))
         self._dirty.add(event.run_id)
         for verdict in verdicts:
-            await self._decide(verdict, stored_at)
+            await self.decisions.decide(verdict, stored_at)
 
     async def _tick(self) -> None:
         now = self.clock()
         for verdict in self.engine.tick(now):
             if self.owns(verdict.run_id):
-                await self._decide(verdict, from_clock=True)
+                self._dirty.add(verdict.run_id)
+                await self.decisions.decide(verdict, from_clock=True)
         for run_id in self.engine.evict_idle(now, self.idle_s):
             self._dirty.discard(run_id)
-
-    async def _decide(self, verdict: Verdict, history_at: float | None = None, *, from_clock: bool = False) -> None:
-        """Publish a verdict; a confirmed one also commands the run, once.
-
-        Some decisions this worker may be making without having seen the run's commands: one
-        on replayed history (``history_at``: when its event was stored, in epoch seconds) and
-        one from the stall clock (``from_clock``: the run may be known only from a replay).
-        For those the run's
-        last stored command is read first. A kill or stop there makes the decision moot; so
-        does, for history, any command stored after the event (the previous owner's decision,
-        an operator's word since), and for a stall, a pause (the run is already held). The
-        stored command is then applied to the window and nothing is sent. The stream would
-        de-duplicate a repeated command, but the agent's subscription would still receive it,
-        and a pause stored after a kill would hide the kill from a later resume. Live
-        decisions skip the read: it would cost a round trip while the partition waits.
-
-        A warning on history is published unless the previous owner had judged its step (see
-        :meth:`_warn_unless_judged`); that check runs beside the partition, not in its way.
-        """
-        run_id = verdict.run_id
-        self._dirty.add(run_id)
-        await self._warning_sent(run_id)  # one still being checked goes out first: a run's verdicts keep their order
-        if verdict.severity == "warn":
-            if history_at is None:
-                await self._publish(verdict)
-            else:
-                # Whether the previous owner published it is a round trip; the partition goes on
-                # meanwhile, up to a bound (a backlog of runs must not crowd out lease renewals).
-                await self._check_slots.acquire()
-                self._checking[run_id] = asyncio.create_task(self._warn_unless_judged(verdict))
-            return
-        if (history_at is not None or from_clock) and await self._overtaken(run_id, history_at):
-            return
-        await self._publish(verdict)
-        if not self.owns(run_id):
-            return
-        command = Command(
-            cmd=verdict.severity, reason=verdict.reason, issuer=f"supervisor:{self.worker_id}",
-            evidence=verdict.evidence, note=verdict.hint or None, at_seq=verdict.at_seq, ts=verdict.ts,
-        )  # fmt: skip
-        # One stop per run ever; a pause once per reason and onset (DESIGN §3: idempotent decisions).
-        msg_id = f"{run_id}:stop" if command.cmd == "stop" else f"{run_id}:pause:{verdict.reason}:{verdict.at_seq}"
-        if await self._store(run_id, command, msg_id):
-            self.commands_sent += 1
-            extra = {"run_id": run_id, "reason": verdict.reason, "worker": self.worker_id}
-            log.warning("%s: %s", command.cmd, verdict.evidence.summary, extra=extra)
-
-    async def _store(self, run_id: str, command: Command, msg_id: str) -> bool:
-        """Publish a command to ``RV_CONTROL`` until it is stored; True unless it was already there.
-
-        A command that cannot be stored (JetStream unavailable, the stream being restored) is
-        retried with backoff while the run is this worker's: the engine has already counted the
-        decision as made, so giving up would let a loop run on. When the lease goes, or the
-        worker stops, it is left to the next owner, whose replay reaches the same decision.
-        """
-        assert self._js is not None
-        extra = {"run_id": run_id, "worker": self.worker_id}
-        attempt = 0
-        while True:
-            try:
-                ack = await self._js.publish(
-                    subjects.ctl(run_id), codec.encode(command), headers={NATS_MSG_ID: msg_id, **codec.MSGPACK_HEADERS}
-                )
-            except Exception as exc:
-                why = str(exc) or type(exc).__name__
-                if self.stopping.is_set() or not self.owns(run_id):
-                    log.warning("%s not stored (%s); left to the next owner", command.cmd, why, extra=extra)
-                    return False
-                delay = self._store_backoff.delay(attempt)
-                attempt += 1
-                log.warning("%s not stored (%s); retrying in %.1fs", command.cmd, why, delay, extra=extra)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), delay)
-                continue
-            return not ack.duplicate
-
-    async def _publish(self, verdict: Verdict) -> None:
-        """Publish a verdict on ``rv.event.<run>`` (operators, dashboards)."""
-        await self.nc.publish(
-            subjects.event(verdict.run_id), codec.encode_json(verdict), headers={codec.CONTENT_TYPE: codec.JSON}
-        )
-        if verdict.severity == "warn":
-            log.info(
-                "warning: %s", verdict.evidence.summary, extra={"run_id": verdict.run_id, "worker": self.worker_id}
-            )
-
-    async def _warning_sent(self, run_id: str) -> None:
-        task = self._checking.pop(run_id, None)
-        if task is not None:
-            await task
-
-    async def _warn_unless_judged(self, verdict: Verdict) -> None:
-        """Publish a warning made on history unless the previous owner judged its step (and so published it).
-
-        It did if the state it left in ``rv_runs`` is at that step or later: a partition catching
-        up is not written (see :meth:`_flush`), so that state is still the previous owner's. A
-        warning it had no time to write down (a crash within ``flush_s``), or one that cannot be
-        checked, is published again: warnings are sent at least once.
-        """
-        run_id = verdict.run_id
-        try:
-            stored = await self._stored_state(run_id)
-            judged = stored is not None and stored.last_seq >= verdict.at_seq
-        except Exception as exc:
-            log.warning(
-                "cannot read the run's stored state: %s", exc, extra={"run_id": run_id, "worker": self.worker_id}
-            )
-            judged = False
-        try:
-            if not judged:
-                await self._publish(verdict)
-        finally:
-            self._check_slots.release()
-            if self._checking.get(run_id) is asyncio.current_task():
-                del self._checking[run_id]
-
-    async def _overtaken(self, run_id: str, history_at: float | None) -> bool:
-        """Whether the run's last stored command makes a decision moot (see :meth:`_decide`)."""
-        assert self._js is not None
-        stored = await last_stored_command(self._js, run_id)
-        if stored is None:
-            return False
-        cmd, stored_at = stored.command.cmd, stored.stored_at
-        if history_at is None:
-            moot = cmd in ("kill", "stop", "pause")  # from the stall clock
-        else:
-            moot = cmd in ("kill", "stop") or (stored_at is not None and stored_at.timestamp() >= history_at)
-        if not moot:
-            return False
-        self.engine.apply_command(run_id, stored.command, self.clock())
-        log.info(
-            "decision not sent: %s by %s is the run's last command", cmd, stored.command.issuer,
-            extra={"run_id": run_id, "worker": self.worker_id},
-        )  # fmt: skip
-        return True
 
     async def _on_command(self, msg: Msg) -> None:
         run_id = subjects.run_id_of(msg.subject)
