@@ -289,6 +289,7 @@ async def replay(args: argparse.Namespace) -> dict[str, Any]:
                     schedule = at_rate(events, args.rate) if args.rate else paced(events, args.speed)
                     await _publish_paced(nc, schedule, len(events), decisions.latencies)
                 await _wait_processed(workers, len(events))
+                await _wait_settled(decisions)
                 await nc.flush()
             finally:
                 await workers.stop()
@@ -354,6 +355,16 @@ async def _wait_processed(workers: Workers, total: int) -> None:
             raise RuntimeError(f"workers processed {workers.processed} of {total} events in 900 s")
         await asyncio.sleep(0.1)
     progress.update(total)
+
+
+async def _wait_settled(decisions: Decisions, quiet_s: float = 1.0, limit_s: float = 30.0) -> None:
+    """Wait until no decision has arrived for ``quiet_s``: the last events' decisions are still
+    being checked and stored when the workers report them processed (not part of the timing)."""
+    deadline = time.monotonic() + limit_s
+    seen = -1
+    while len(decisions.records) != seen and time.monotonic() < deadline:
+        seen = len(decisions.records)
+        await asyncio.sleep(quiet_s)
 
 
 def parser() -> argparse.ArgumentParser:
