@@ -20,8 +20,13 @@ from protocols.reasons import StopReason
 
 
 def next_deadline(window: RunWindow, policy: Policy) -> float | None:
-    """When the run next needs a stall check, or ``None`` once it is finished."""
-    if window.finished:
+    """When the run next needs a stall check; ``None`` once it is finished, or while it is paused.
+
+    A paused run is silent on purpose and :func:`check_stall` never judges it; giving it a
+    deadline anyway would put it back in the heap at every tick for as long as it stays paused.
+    Resuming (an event or a command) schedules it again.
+    """
+    if window.finished or window.paused:
         return None
     deadline = window.last_seen + policy.stall_timeout_s
     if window.pending:

@@ -166,6 +166,23 @@ def test_activity_pushes_the_stall_deadline_back() -> None:
     assert engine.tick(feed.now + 300) != []
 
 
+def test_a_paused_run_is_not_checked_at_every_tick_and_is_checked_again_once_resumed() -> None:
+    engine = Engine()
+    feed = Feed(engine)
+    feed.act("ls", "a")
+    engine.apply_command("run-1", Command(cmd="pause"), feed.now)
+    # Silent on purpose: no deadline, so ticks past every timeout neither judge nor re-queue it.
+    for k in range(1, 50):
+        assert engine.tick(feed.now + 300 * k) == []
+    assert len(engine.timers) == 0
+    assert engine.timers.heap_size() <= 1
+    resumed_at = feed.now + 300 * 50
+    engine.apply_command("run-1", Command(cmd="resume"), resumed_at)
+    assert len(engine.timers) == 1
+    verdicts = engine.tick(resumed_at + 300)
+    assert [(v.reason, v.severity) for v in verdicts] == [(StopReason.TIMEOUT, "warn")]
+
+
 def test_evict_idle_forgets_runs() -> None:
     engine = Engine()
     Feed(engine, "old").act("ls", "a")
