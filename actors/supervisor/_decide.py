@@ -111,7 +111,7 @@ class Decisions:
 
     async def drain(self) -> None:
         """Wait for the warnings still being checked (a graceful stop)."""
-        await asyncio.gather(*self._checking.values())
+        await asyncio.gather(*self._checking.values(), return_exceptions=True)
 
     def cancel(self) -> None:
         """Drop the warnings still being checked (the worker is failing)."""
@@ -178,6 +178,8 @@ class Decisions:
         try:
             if not judged:
                 await self._publish(verdict)
+        except Exception as exc:  # never raised into the run's next decision, which waits on this
+            log.warning("warning not published: %s", exc, extra={"run_id": run_id, "worker": self.worker_id})
         finally:
             self._check_slots.release()
             if self._checking.get(run_id) is asyncio.current_task():
