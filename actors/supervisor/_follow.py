@@ -125,7 +125,9 @@ class Followers:
                 first = await self._direct_get_seq({"start_time": since.isoformat().replace("+00:00", "Z")})
                 start = first or last + 1
                 self._history_until[partition] = last if last >= start else 0
-                if not self._history_until[partition]:
+                if self._history_until[partition]:
+                    self._live.discard(partition)  # an earlier attempt may have found nothing to replay
+                else:
                     self._live.add(partition)  # nothing to replay
                 config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
                 sub = await self._steps_js.subscribe(
