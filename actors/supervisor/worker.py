@@ -210,8 +210,10 @@ class SupervisorWorker(Actor):
         # given a fresh stall timeout by being replayed.
         verdicts = self.engine.observe(event, now if stored_at is None else min(now, stored_at))
         self._dirty.add(event.run_id)
-        for verdict in verdicts:
-            await self.decisions.decide(verdict, stored_at)
+        if verdicts:
+            for verdict in verdicts:
+                await self.decisions.decide(verdict, stored_at)
+            self._dirty.add(event.run_id)  # a stored command may have been applied meanwhile
 
     async def _tick(self) -> None:
         now = self.clock()
@@ -219,6 +221,7 @@ class SupervisorWorker(Actor):
             if self.owns(verdict.run_id):
                 self._dirty.add(verdict.run_id)
                 await self.decisions.decide(verdict, from_clock=True)
+                self._dirty.add(verdict.run_id)  # a stored command may have been applied meanwhile
         for run_id in self.engine.evict_idle(now, self.idle_s):
             self._dirty.discard(run_id)
 
