@@ -106,7 +106,7 @@ def kv_subject(bucket: str, key: str) -> str:
 
 
 def direct_get(stream: str) -> str:
-    """The JetStream API subject of a direct get on ``stream`` (used for a get by start time)."""
+    """The JetStream API subject of a direct get on ``stream`` (by start time, or a subject's last message)."""
     return f"$JS.API.DIRECT.GET.{stream}"
 
 

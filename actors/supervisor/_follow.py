@@ -68,9 +68,9 @@ class Followers:
         self._clock = clock
         self._worker_id = worker_id
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        # Per followed partition, its last sequence within the lookback when following began (0: none).
+        # Per followed partition, its last sequence within the lookback when following began, until
+        # that step is judged; then 0 (live). Absent while following is still being set up.
         self._history_until: dict[int, int] = {}
-        self._live: set[int] = set()  # partitions whose history is judged
         self._held_back: dict[int, list[Msg]] = {}
         self._releasing: set[int] = set()
         self._overflowed: set[int] = set()
@@ -87,7 +87,6 @@ class Followers:
         """Stop following ``partition`` (its lease is gone); what was held back is dropped."""
         task = self._tasks.pop(partition, None)
         self._history_until.pop(partition, None)
-        self._live.discard(partition)
         self._held_back.pop(partition, None)  # the next owner replays them
         self._overflowed.discard(partition)
         if task is not None:
@@ -102,7 +101,7 @@ class Followers:
 
     def catching_up(self, partition: int) -> bool:
         """Whether ``partition`` is followed and the last step of its history is not judged yet."""
-        return partition in self._tasks and partition not in self._live
+        return partition in self._tasks and self._history_until.get(partition) != 0
 
     async def release_ready(self) -> None:
         """Judge what was held back on partitions whose lease is fresh again (ones gone quiet since)."""
@@ -119,16 +118,12 @@ class Followers:
         while True:
             try:
                 last = await self._direct_get_seq({"last_by_subj": subjects.partition_filter(partition)}) or 0
+                first = await self._direct_get_seq({"start_time": since.isoformat().replace("+00:00", "Z")})
+                start = first or last + 1
+                self._history_until[partition] = last if last >= start else 0  # 0: nothing to replay
                 # By sequence, not by start time: nats-py 2.16 re-creates an ordered consumer after
                 # a reset (a server restart, missed heartbeats) by sequence but keeps the start time
                 # in its request, which the server refuses; the partition would never be read again.
-                first = await self._direct_get_seq({"start_time": since.isoformat().replace("+00:00", "Z")})
-                start = first or last + 1
-                self._history_until[partition] = last if last >= start else 0
-                if self._history_until[partition]:
-                    self._live.discard(partition)  # an earlier attempt may have found nothing to replay
-                else:
-                    self._live.add(partition)  # nothing to replay
                 config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
                 sub = await self._steps_js.subscribe(
                     subjects.partition_filter(partition), stream=subjects.STEPS_STREAM, ordered_consumer=True,
@@ -176,18 +171,18 @@ class Followers:
         Only a partition still catching up pays for reading the delivery's metadata (its
         reply subject; nats-py's ``msg.metadata`` costs several times more).
         """
-        if partition in self._live:
+        until = self._history_until.get(partition, 0)
+        if not until:
             await self._handle(partition, msg, None)
             return
         position = stream_position(msg.reply)
-        until = self._history_until.get(partition, 0)
         if position is None or position[0] > until:
-            self._live.add(partition)
+            self._history_until[partition] = 0
             await self._handle(partition, msg, None)
             return
         await self._handle(partition, msg, position[1])
         if position[0] == until and partition in self._tasks:
-            self._live.add(partition)  # its history is judged
+            self._history_until[partition] = 0  # its history is judged
 
     def _hold_back(self, partition: int, msg: Msg) -> None:
         held = self._held_back.setdefault(partition, [])
