@@ -13,6 +13,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import PubAck
 from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
 
 from protocols import codec, subjects
 from protocols.messages import Command, RunState
@@ -40,9 +41,13 @@ async def fetch_state(nc: Client, run_id: str, timeout: float = 2.0) -> RunState
 
 async def stored_state(nc: Client, run_id: str) -> RunState | None:
     """The run's state as its supervisor last wrote it to KV ``rv_runs``; None if it never did."""
-    kv = await nc.jetstream().key_value(subjects.RUNS_BUCKET)
+    return await read_state(await nc.jetstream().key_value(subjects.RUNS_BUCKET), run_id)
+
+
+async def read_state(runs: KeyValue, run_id: str) -> RunState | None:
+    """The run's state in the ``rv_runs`` bucket ``runs``; None if there is none."""
     try:
-        entry = await kv.get(run_id)
+        entry = await runs.get(run_id)
     except KeyNotFoundError:
         return None
     return codec.decode(RunState, entry.value) if entry.value else None
@@ -57,12 +62,9 @@ async def list_states(nc: Client) -> list[RunState]:
         return []
     states = []
     for key in keys:
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
-            continue
-        if entry.value:
-            states.append(codec.decode(RunState, entry.value))
+        state = await read_state(kv, key)
+        if state is not None:
+            states.append(state)
     return sorted(states, key=lambda s: s.updated_at, reverse=True)
 
 

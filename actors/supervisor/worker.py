@@ -24,10 +24,10 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from actors.endpoint import Endpoint
+from actors.operator import read_state
 from actors.runtime import Actor
 from actors.supervisor._decide import Decisions
 from actors.supervisor._follow import Followers
@@ -267,11 +267,7 @@ class SupervisorWorker(Actor):
 
     async def _stored_state(self, run_id: str) -> RunState | None:
         assert self._runs_kv is not None
-        try:
-            entry = await self._runs_kv.get(run_id)
-        except KeyNotFoundError:
-            return None
-        return codec.decode(RunState, entry.value) if entry.value else None
+        return await read_state(self._runs_kv, run_id)
 
     def _catching_up(self, run_id: str) -> bool:
         return self.followers.catching_up(subjects.partition_of(run_id, self.partitions))
