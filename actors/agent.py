@@ -47,6 +47,7 @@ from actors._agent_commands import Controls
 from actors._agent_control import ControlMixin
 from actors._agent_errors import RunError, RunKilled, RunNotFound, RunNotResumable, RunStopped
 from actors._agent_steps import StepStream
+from actors.connection import ConnectError
 from actors.endpoint import Endpoint
 from actors.runtime import Actor
 from protocols import subjects
@@ -79,6 +80,9 @@ class Run(ControlMixin, Actor):
     role = "agent"
     # A cancelled agent did not complete its run: cancellation is a failure, not a clean stop.
     cancel_is_failure = True
+    # An agent whose server is down gets a clear ConnectError after this long, not a silent hang;
+    # one whose server is not provisioned gets a NotProvisionedError at once.
+    connect_for_s = 30.0
 
     def __init__(
         self,
@@ -360,6 +364,7 @@ def _obs(text: str | None) -> str | None:
 
 __all__ = [
     "DEFAULT_HEARTBEAT_S",
+    "ConnectError",
     "Run",
     "RunError",
     "RunKilled",

@@ -12,13 +12,15 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from nats.aio.client import Client
 
+from actors.connection import ONE_SHOT_CONNECT_S, connect
 from actors.endpoint import Endpoint, EndpointError, default_home
 from actors.operator import describe, fetch_state, list_states, send_command
 from actors.runtime import configure_logging, run_main
-from actors.server import EmbeddedServer, ServerError, connect, provision
+from actors.server import EmbeddedServer, ServerError, is_not_provisioned, not_provisioned, provision
 from actors.supervisor.worker import SupervisorWorker
 from actors.tools import ToolExecutor, ToolRegistry
 from protocols.codec import DecodeError
@@ -54,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default=os.environ.get("RUNVISOR_LOG", "INFO"), help="default INFO")
     parser.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio loop")
+    parser.add_argument(
+        "--connect-timeout", type=_above_zero, default=ONE_SHOT_CONNECT_S, metavar="S",
+        help=f"how long pause, resume, kill, why, ps and top try to reach NATS (default {ONE_SHOT_CONNECT_S:g} s); "
+        "workers and executors keep trying until stopped",
+    )  # fmt: skip
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="start the embedded NATS server, provision it and run until Ctrl-C")
@@ -67,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 
     tools = sub.add_parser("tools", help="run a tool executor serving a registry of tools")
     tools.add_argument("registry", help="module:attribute of a ToolRegistry (e.g. actors.sim:demo_tools)")
-    tools.add_argument("--concurrency", type=int, default=32, help="requests handled at once per tool (32)")
+    tools.add_argument("--concurrency", type=_at_least_one, default=32, help="requests handled at once per tool (32)")
     tools.set_defaults(handler=_tools)
 
     demo = sub.add_parser(
@@ -91,29 +98,87 @@ def _parser() -> argparse.ArgumentParser:
     ps.set_defaults(handler=_ps)
 
     top = sub.add_parser("top", help="live view of the most recently active runs, refreshed until Ctrl-C")
-    top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
-    top.add_argument("--limit", type=int, default=30, help="runs shown (default 30)")
+    top.add_argument("--interval", type=_above_zero, default=2.0, help="seconds between refreshes (default 2)")
+    top.add_argument("--limit", type=_at_least_one, default=30, help="runs shown (default 30)")
     top.set_defaults(handler=_top)
     return parser
 
 
+def _above_zero(text: str) -> float:
+    """A number of seconds (an argparse type): more than 0."""
+    value = _parse(float, text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _at_least_zero_s(text: str) -> float:
+    """A number of seconds (an argparse type): 0 or more."""
+    value = _parse(float, text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    """A count (an argparse type): 1 or more."""
+    value = _parse(int, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
+def _at_least_zero(text: str) -> int:
+    """A count (an argparse type): 0 or more."""
+    value = _parse(int, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    """A TCP port (an argparse type); 0 picks a free one."""
+    value = _parse(int, text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {text}")
+    return value
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _parse(kind: type[_Number], text: str) -> _Number:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {'a whole number' if kind is int else 'a number'}: {text!r}") from None
+
+
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", type=Path, default=None, help="data dir (default $RUNVISOR_HOME or ~/.runvisor)")
-    parser.add_argument("--port", type=int, default=4222, help="client port (default 4222; 0 picks a free one)")
-    parser.add_argument("--monitor-port", type=int, default=8222, help="HTTP monitoring port (0: a free one)")
-    parser.add_argument("--partitions", type=int, default=32, help="partitions of RV_STEPS (default 32)")
-    parser.add_argument("--supervisors", type=int, default=1, help="supervisor workers to run in-process (default 1)")
+    parser.add_argument("--port", type=_port, default=4222, help="client port (default 4222; 0 picks a free one)")
+    parser.add_argument("--monitor-port", type=_port, default=8222, help="HTTP monitoring port (0: a free one)")
+    parser.add_argument("--partitions", type=_at_least_one, default=32, help="partitions of RV_STEPS (default 32)")
+    parser.add_argument(
+        "--supervisors", type=_at_least_zero, default=1, help="supervisor workers to run in-process (default 1)"
+    )
     parser.add_argument(
         "--tools", action="append", default=[], metavar="MODULE:ATTR",
         help="also serve this ToolRegistry (repeatable), e.g. actors.sim:demo_tools",
     )  # fmt: skip
-    parser.add_argument("--lease-ttl", type=float, default=DEFAULT_LEASE_TTL_S, help="lease TTL in seconds")
+    parser.add_argument("--lease-ttl", type=_above_zero, default=DEFAULT_LEASE_TTL_S, help="lease TTL in seconds")
 
 
 def _add_supervisor_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--partitions", type=int, default=None, help="partitions (default: as RV_STEPS has them)")
-    parser.add_argument("--lease-ttl", type=float, default=None, help="lease TTL (default: the rv_leases bucket's)")
-    parser.add_argument("--lookback", type=float, default=900.0, help="seconds of steps a new owner replays (900)")
+    parser.add_argument(
+        "--partitions", type=_at_least_one, default=None, help="partitions (default: as RV_STEPS has them)"
+    )
+    parser.add_argument(
+        "--lease-ttl", type=_above_zero, default=None, help="lease TTL (default: the rv_leases bucket's)"
+    )
+    parser.add_argument(
+        "--lookback", type=_at_least_zero_s, default=900.0, help="seconds of steps a new owner replays (900)"
+    )
 
 
 async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
@@ -129,7 +194,7 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
             await stack.enter_async_context(server)
             admin, url = server.endpoint("admin"), server.url
             _print_connect_help(server)
-        nc = await connect(admin, "runvisor-up")
+        nc = await connect(admin, "runvisor-up", stop=stop)
         stack.push_async_callback(nc.close)
         report = await provision(nc, partitions=args.partitions, lease_ttl_s=args.lease_ttl)
         print("provisioned: " + ", ".join(f"{name} {what}" for name, what in report.items()))
@@ -210,10 +275,15 @@ def load_registry(spec: str) -> ToolRegistry:
     return registry
 
 
-async def _operator(work: Callable[..., Awaitable[int]], *args: object) -> int:
-    nc = await connect(Endpoint.discover("operator"), "runvisor-cli")
+async def _operator(args: argparse.Namespace, work: Callable[[Client], Awaitable[int]], stop: asyncio.Event) -> int:
+    endpoint = Endpoint.discover("operator")
+    nc = await connect(endpoint, "runvisor-cli", give_up_after_s=args.connect_timeout, stop=stop)
     try:
-        return await work(nc, *args)
+        return await work(nc)
+    except Exception as exc:
+        if is_not_provisioned(exc):
+            raise not_provisioned(endpoint.url) from exc
+        raise
     finally:
         await nc.close()
 
@@ -229,7 +299,7 @@ async def _command(args: argparse.Namespace, stop: asyncio.Event) -> int:
         print(f"{command.cmd} sent to {run_id} (RV_CONTROL seq {ack.seq})")
         return 0
 
-    return await _operator(work)
+    return await _operator(args, work, stop)
 
 
 async def _why(args: argparse.Namespace, stop: asyncio.Event) -> int:
@@ -242,7 +312,7 @@ async def _why(args: argparse.Namespace, stop: asyncio.Event) -> int:
         print(describe(state))
         return 0
 
-    return await _operator(work)
+    return await _operator(args, work, stop)
 
 
 def ps_table(states: list[RunState]) -> str:
@@ -261,7 +331,7 @@ async def _ps(args: argparse.Namespace, stop: asyncio.Event) -> int:
         print(ps_table(await list_states(nc)))
         return 0
 
-    return await _operator(work)
+    return await _operator(args, work, stop)
 
 
 async def _top(args: argparse.Namespace, stop: asyncio.Event) -> int:
@@ -277,7 +347,7 @@ async def _top(args: argparse.Namespace, stop: asyncio.Event) -> int:
                 await asyncio.wait_for(stop.wait(), args.interval)
         return 0
 
-    return await _operator(work)
+    return await _operator(args, work, stop)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from actors.agent import Run, RunKilled, RunStopped
+from actors.connection import connect
 from actors.operator import describe, fetch_state, send_command
-from actors.server import EmbeddedServer, connect, provision
+from actors.server import EmbeddedServer, provision
 from actors.sim import SCENARIOS, Scenario, demo_tools
 from actors.supervisor.worker import SupervisorWorker
 from actors.testing import eventually

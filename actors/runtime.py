@@ -12,16 +12,23 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from nats.aio.client import Client
 
+from actors.connection import ConnectStoppedError, connect
 from actors.endpoint import Endpoint, Role
-from actors.server import connect
+from actors.server import is_not_provisioned, not_provisioned
 
 log = logging.getLogger(__name__)
+
+#: How often a long-lived actor looks again whether its server has been provisioned.
+PROVISIONING_POLL_S = 1.0
+#: While it waits, one log line about it at most this often.
+WAITING_LOG_EVERY_S = 30.0
 
 #: Extra ``logging`` fields shown after the message when a record carries them.
 LOG_FIELDS = ("run_id", "reason", "partition", "worker", "tool", "seq")
@@ -44,12 +51,29 @@ def configure_logging(level: int | str = logging.INFO) -> None:
     root.setLevel(level)
 
 
+class _Waiting:
+    """Logs that an actor waits for its server's provisioning: at once, then every ``WAITING_LOG_EVERY_S``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._logged_at: float | None = None
+
+    def log(self, why: Exception) -> None:
+        now = time.monotonic()
+        if self._logged_at is None or now - self._logged_at >= WAITING_LOG_EVERY_S:
+            log.warning("%s; waiting for it", why)
+            self._logged_at = now
+
+
 class Actor:
     """Base class of every runvisor actor (supervisor worker, tool executor, agent run)."""
 
     role: ClassVar[Role] = "admin"
     #: Whether leaving the ``async with`` through cancellation runs ``on_failure`` (else ``on_stop``).
     cancel_is_failure: ClassVar[bool] = False
+    #: How long connecting may take before it fails; None: until the actor is told to stop (a
+    #: long-lived actor started before its server waits for it, and stops when told to).
+    connect_for_s: ClassVar[float | None] = None
 
     def __init__(
         self, endpoint: Endpoint | None = None, *, nc: Client | None = None, name: str | None = None,
@@ -68,6 +92,7 @@ class Actor:
         self.name = name or type(self).__name__
         self.graceful_s = graceful_s
         self.stopping = asyncio.Event()
+        self._closing = False
 
     @property
     def nc(self) -> Client:
@@ -113,19 +138,38 @@ class Actor:
         endpoint = self._endpoint or Endpoint.discover(self.role)
         self._endpoint = endpoint  # discovered once: every connection of the actor goes to the same server
         return await connect(
-            endpoint, name, error_cb=self._on_error, disconnected_cb=self._on_disconnect,
-            reconnected_cb=self._on_reconnect, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+            endpoint, name, give_up_after_s=self.connect_for_s, stop=self.stopping, error_cb=self._on_error,
+            disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect, max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
         )  # fmt: skip
 
     async def __aenter__(self) -> Self:
-        if self._nc is None:
-            self._nc = await self._connect(self.name)
-        try:
-            await self.on_start()
-        except BaseException:
-            await self._close()
-            raise
-        return self
+        waiting = _Waiting(self.name)
+        while True:
+            if self._nc is None:
+                self._nc = await self._connect(self.name)
+            self._closing = False
+            try:
+                await self.on_start()
+                return self
+            except BaseException as exc:
+                await self._close()
+                if not is_not_provisioned(exc):
+                    raise
+                missing = not_provisioned(self._url, self.name)
+                if self.connect_for_s is not None or self._given_nc is not None:
+                    raise missing from exc
+            # A long-lived actor started before the server was provisioned (a deployment rolling
+            # out) waits for it, as it waits for the server to come up.
+            waiting.log(missing)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), PROVISIONING_POLL_S)
+            if self.stopping.is_set():
+                raise ConnectStoppedError(f"stopped while waiting for {self._url} to be provisioned")
+
+    @property
+    def _url(self) -> str:
+        return self._endpoint.url if self._endpoint is not None else "the server"
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -141,6 +185,7 @@ class Actor:
             await self._close()
 
     async def _close(self) -> None:
+        self._closing = True  # the connection closing now is not news
         # Further connections carry derived traffic (a consumer's backlog the stream keeps): closed, not drained.
         more, self._more = self._more, []
         for extra in more:
@@ -155,11 +200,24 @@ class Actor:
                 await nc.close()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Serve until ``stop`` (or ``self.stopping``) is set, then stop gracefully."""
+        """Serve until ``stop`` (or ``self.stopping``) is set, then stop gracefully.
+
+        Set before the actor has connected (its server is not up yet), it stops trying and returns.
+        """
         stop = stop or self.stopping
-        async with self, asyncio.TaskGroup() as tg:
-            loops = [tg.create_task(coro) for coro in self.loops()]
-            tg.create_task(self._shutdown_when(stop, loops))
+        relay = asyncio.ensure_future(self._stop_connecting_when(stop))
+        try:
+            async with self, asyncio.TaskGroup() as tg:
+                loops = [tg.create_task(coro) for coro in self.loops()]
+                tg.create_task(self._shutdown_when(stop, loops))
+        except ConnectStoppedError as exc:
+            log.info("%s: %s", self.name, exc)
+        finally:
+            relay.cancel()
+
+    async def _stop_connecting_when(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.stopping.set()
 
     async def _shutdown_when(self, stop: asyncio.Event, loops: list[asyncio.Task[None]]) -> None:
         await stop.wait()
@@ -172,15 +230,16 @@ class Actor:
     # -- connection callbacks ----------------------------------------------------------
 
     async def _on_error(self, exc: Exception) -> None:
-        # Permission violations reach nats-py only here (DESIGN §11): say so plainly.
+        # Permission violations reach nats-py only here (DESIGN §11): say so plainly. Failures to
+        # reach the server are not errors of the actor: ``connect`` reports those, sparingly.
         log.error("%s: NATS error: %s", self.name, exc)
 
     async def _on_disconnect(self) -> None:
-        if not self.stopping.is_set():  # a drain at stop also disconnects: that is not news
+        if not self._closing:  # a drain at stop also disconnects: that is not news
             log.warning("%s: disconnected from NATS; reconnecting", self.name)
 
     async def _on_reconnect(self) -> None:
-        log.info("%s: reconnected to NATS", self.name)
+        """Called after a reconnection (``connect`` has logged it)."""
 
 
 def run_main(main: Callable[[asyncio.Event], Awaitable[int]], *, use_uvloop: bool = True) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError
 
 from actors.endpoint import SERVER_FILE, Credentials, Endpoint, Role
 from protocols import subjects
@@ -40,7 +40,30 @@ STOP_TIMEOUT_S = 10.0
 
 
 class ServerError(RuntimeError):
-    """The embedded server could not be started; the message says why and what to check."""
+    """The embedded server could not be started, or reached; the message says why and what to check."""
+
+
+class NotProvisionedError(ServerError):
+    """A stream or bucket runvisor needs is missing: the server was never provisioned."""
+
+
+#: JetStream's error code for "stream not found" (a KV bucket is a stream too).
+STREAM_NOT_FOUND = 10059
+
+
+def is_not_provisioned(exc: BaseException) -> bool:
+    """Whether ``exc`` says that a stream or bucket does not exist (or that no stream stores a subject)."""
+    if isinstance(exc, (BucketNotFoundError, NoStreamResponseError)):
+        return True
+    return isinstance(exc, NotFoundError) and exc.err_code == STREAM_NOT_FOUND
+
+
+def not_provisioned(url: str, who: str | None = None) -> NotProvisionedError:
+    """The error for finding the server at ``url`` (by ``who``) without runvisor's streams and buckets."""
+    return NotProvisionedError(
+        f"{f'{who}: ' if who else ''}{url} is not provisioned for runvisor (a stream or bucket it needs is "
+        "missing): `runvisor up` provisions it, also a server given by NATS_URL"
+    )
 
 
 def find_binary() -> Path:
@@ -273,16 +296,3 @@ async def provision(
             continue
         report[kv.bucket] = await _ensure_stream(js, kv_stream_config(kv), _KV_FIELDS)
     return report
-
-
-async def connect(endpoint: Endpoint, name: str, **options: Any) -> Client:
-    """Connect as ``endpoint``'s role; connection errors carry the URL in their message."""
-    nc = Client()
-    try:
-        await nc.connect(name=name, **endpoint.connect_options(), **options)
-    except Exception as exc:
-        # nats-py leaves the socket of a refused connection open; close it so nothing leaks.
-        with contextlib.suppress(Exception):
-            await nc.close()
-        raise ServerError(f"cannot connect to {endpoint.url} as {endpoint.user or 'anonymous'}: {exc}") from exc
-    return nc

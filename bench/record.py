@@ -27,9 +27,10 @@ from pathlib import Path
 import nats.errors
 from nats.aio.msg import Msg
 
+from actors.connection import connect
 from actors.endpoint import Endpoint, EndpointError
 from actors.runtime import run_main
-from actors.server import ServerError, connect
+from actors.server import ServerError
 from bench.traffic import TrafficError, TrafficWriter, traffic_format
 from protocols import codec, subjects
 from protocols.messages import StepEvent

@@ -41,8 +41,9 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from actors.connection import connect
 from actors.endpoint import Endpoint
-from actors.server import EmbeddedServer, connect, provision
+from actors.server import EmbeddedServer, provision
 from bench.plan import Latencies, Namespace, at_rate, decision_record, paced, percentiles, renamed
 from bench.traffic import read_events
 from protocols import codec, subjects

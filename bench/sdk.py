@@ -25,7 +25,8 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from actors.agent import Run
-from actors.server import EmbeddedServer, connect, provision
+from actors.connection import connect
+from actors.server import EmbeddedServer, provision
 from actors.tools import ToolExecutor, ToolRegistry
 from bench.plan import percentiles
 from protocols import codec, subjects

@@ -24,8 +24,9 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 
 from actors.agent import Run, RunError, RunKilled, RunNotFound, RunNotResumable, RunStopped
+from actors.connection import connect
 from actors.operator import send_command
-from actors.server import EmbeddedServer, connect
+from actors.server import EmbeddedServer
 from actors.testing import eventually
 from protocols import codec, subjects
 from protocols.messages import Checkpoint, Command, Evidence, Policy, StepEvent, ToolRequest, ToolResult

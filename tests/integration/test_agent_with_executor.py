@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from actors.agent import Run
-from actors.server import EmbeddedServer, connect
+from actors.connection import connect
+from actors.server import EmbeddedServer
 from actors.testing import eventually
 from actors.tools import ToolExecutor, ToolRegistry
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from actors.connection import connect
 from actors.endpoint import password_env
-from actors.server import EmbeddedServer, connect
+from actors.server import EmbeddedServer
 from bench.traffic import read_events
 from protocols import codec, subjects
 from protocols.messages import StepEvent

@@ -74,7 +74,7 @@ async def test_a_crashing_loop_runs_on_failure_not_on_stop(server: EmbeddedServe
 
 
 async def _ask(server: EmbeddedServer, subject: str) -> bytes:
-    from actors.server import connect  # noqa: PLC0415
+    from actors.connection import connect  # noqa: PLC0415
 
     nc = await connect(server.endpoint("operator"), "t")
     try:

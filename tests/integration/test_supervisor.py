@@ -16,9 +16,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from actors.agent import Run
+from actors.connection import connect
 from actors.control import last_stored_command
 from actors.operator import fetch_state, send_command, stored_state
-from actors.server import EmbeddedServer, connect, provision
+from actors.server import EmbeddedServer, provision
 from actors.supervisor.worker import SupervisorWorker
 from actors.testing import eventually
 from bench.synth import SynthConfig, generate

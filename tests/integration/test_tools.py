@@ -15,9 +15,10 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 
 from actors._tools_kv import Claim, ResultStore
+from actors.connection import connect
 from actors.retry import BackoffPolicy, BreakerPolicy, BreakerState, BreakerStatus, BudgetPolicy, ToolPolicy
 from actors.retry.errors import TransientError
-from actors.server import EmbeddedServer, connect
+from actors.server import EmbeddedServer
 from actors.testing import eventually
 from actors.tools import ToolExecutor, ToolRegistry, kv_key
 from protocols import codec, subjects
