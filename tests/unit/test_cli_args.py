@@ -1,0 +1,41 @@
+"""The CLI refuses numbers that make no sense with one line naming the option, before doing anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.cli import _parser, main
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--connect-timeout", "-1", "ps"], "argument --connect-timeout: must be more than 0, got -1"),
+        (["top", "--interval", "0"], "argument --interval: must be more than 0, got 0"),
+        (["top", "--limit", "x"], "argument --limit: not a whole number: 'x'"),
+        (["top", "--limit", "0"], "argument --limit: must be 1 or more, got 0"),
+        (["supervisor", "--partitions", "0"], "argument --partitions: must be 1 or more, got 0"),
+        (["supervisor", "--lookback", "-5"], "argument --lookback: must be 0 or more, got -5"),
+        (["supervisor", "--lease-ttl", "nan"], "argument --lease-ttl: must be more than 0, got nan"),
+        (["up", "--port", "70000"], "argument --port: must be a port from 0 to 65535, got 70000"),
+        (["up", "--supervisors", "-1"], "argument --supervisors: must be 0 or more, got -1"),
+        (["tools", "m:t", "--concurrency", "0"], "argument --concurrency: must be 1 or more, got 0"),
+    ],
+)
+def test_a_nonsense_number_is_refused_by_name(args: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "dest", "value"),
+    [
+        (["up", "--port", "0"], "port", 0),
+        (["supervisor", "--lookback", "0"], "lookback", 0.0),
+        (["top", "--interval", "0.5"], "interval", 0.5),
+    ],
+)
+def test_edge_values_that_make_sense_are_accepted(args: list[str], dest: str, value: float) -> None:
+    assert getattr(_parser().parse_args(args), dest) == value
