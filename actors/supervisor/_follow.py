@@ -143,14 +143,8 @@ class Followers:
 
     async def _direct_get_seq(self, request: dict[str, str]) -> int | None:
         """The stream sequence of the step a direct get on ``RV_STEPS`` finds; None when there is none."""
-        reply = await self._nc.request(subjects.direct_get(subjects.STEPS_STREAM), codec.json_bytes(request), timeout=5)
-        headers = reply.headers or {}
-        sequence = headers.get("Nats-Sequence")
-        if sequence is not None:
-            return int(sequence)
-        if headers.get("Status") == "404":
-            return None
-        raise RuntimeError(f"direct get {request} failed: {headers}")
+        found = await direct_get_step(self._nc, request)
+        return None if found is None else int((found.headers or {})["Nats-Sequence"])
 
     # -- steps -------------------------------------------------------------------------
 
@@ -212,6 +206,22 @@ class Followers:
             self._releasing.discard(partition)
 
 
+async def direct_get_step(nc: Client, request: dict[str, str]) -> Msg | None:
+    """The step of ``RV_STEPS`` that a direct get finds (``last_by_subj``, ``next_by_subj``,
+    ``start_time``); None when there is none.
+
+    Raises:
+        RuntimeError: the server answered with an error other than "not found".
+    """
+    reply = await nc.request(subjects.direct_get(subjects.STEPS_STREAM), codec.json_bytes(request), timeout=5)
+    headers = reply.headers or {}
+    if headers.get("Nats-Sequence") is not None:
+        return reply
+    if headers.get("Status") == "404":
+        return None
+    raise RuntimeError(f"direct get {request} failed: {headers}")
+
+
 def stream_position(reply: str | None) -> tuple[int, float] | None:
     """(stream sequence, stored time in epoch seconds) of a JetStream delivery, from its reply subject.
 
@@ -241,4 +251,4 @@ def _resume_no_earlier_than(sub: Any, start: int) -> None:
         jsi._sseq = start - 1
 
 
-__all__ = ["CONSUMER_HEARTBEAT_S", "MAX_HELD_BACK", "Followers", "stream_position"]
+__all__ = ["CONSUMER_HEARTBEAT_S", "MAX_HELD_BACK", "Followers", "direct_get_step", "stream_position"]

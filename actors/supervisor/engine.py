@@ -105,6 +105,32 @@ class Engine:
         self.timers.schedule(event.run_id, next_deadline(window, policy))
         return verdicts
 
+    def recall(self, run_id: str, start: StepEvent | None, stored: RunState | None, now: float) -> None:
+        """Rebuild what a run first seen mid-way no longer shows, before its next event is observed.
+
+        A takeover whose replay began after the run's start, or a run back after its eviction,
+        would otherwise be judged from zero under the default policy: its budgets would start
+        again, and a stopped run heard from again would be judged anew.
+
+        Args:
+            run_id: the run, not yet in a window.
+            start: its first stored event; when it is the ``start`` event, it gives the policy.
+            stored: its state in ``rv_runs`` (see ``RunWindow.restore``).
+            now: the supervisor's clock.
+        """
+        if run_id in self.windows:
+            return
+        if start is not None and start.kind == "start" and start.run_id == run_id:
+            self.observe(start, now)
+        if stored is None:
+            return
+        window = self.windows.get(run_id)
+        if window is None:
+            window = self.windows[run_id] = RunWindow(run_id, self.policy)
+            window.last_seen = now
+        window.restore(stored)
+        self.timers.schedule(run_id, None if window.finished else next_deadline(window, window.policy))
+
     @staticmethod
     def _agent_says(window: RunWindow, status: RunStatus, reason: StopReason | None) -> None:
         """Take the state an agent reports in a heartbeat (see ``heartbeat_args``); a stop stays a stop."""

@@ -25,8 +25,9 @@ from actors.supervisor._actions import NAVIGATION_TOOLS, action_of, is_empty_out
 from actors.supervisor._negative import negative_key
 from actors.supervisor.classify import content_required, error_text, is_hidden_failure
 from actors.supervisor.fingerprint import digest, normalize, normalize_loose, observation_fingerprint, short
-from protocols.messages import StepEvent, StepKind, Verdict
+from protocols.messages import RunState, StepEvent, StepKind, Verdict
 from protocols.policy import Policy
+from protocols.reasons import RunStatus
 
 _MASK64 = (1 << 64) - 1
 _BARE_STATUS = re.compile(r"(?:return ?code|exit(?:ed)?(?: with)?(?: code| status)?|status)[ :=]*-?\d+$", re.IGNORECASE)
@@ -63,6 +64,7 @@ class RunWindow:
         "completed",
         "consecutive_failures",
         "cost_usd",
+        "counted_until",
         "current_tool",
         "cycle_run",
         "err",
@@ -120,7 +122,9 @@ class RunWindow:
         # the full text can be 64 KB, and the window must not keep it alive.
         self.obs_brief = ""
         self.fail_brief = ""
-        # Counters.
+        # Counters; events up to ``counted_until`` are in them already (see ``restore``). Seqs
+        # may start at 0 (recorded traffic does): -1 means none is.
+        self.counted_until = -1
         self.events = 0
         self.steps = 0
         self.tokens = 0
@@ -187,6 +191,32 @@ class RunWindow:
 
     # ------------------------------------------------------------------ updates
 
+    def restore(self, state: RunState) -> None:
+        """Take back what the run's stored state says that this window has not seen.
+
+        For a run first seen mid-way (a takeover replaying less than the whole run, or a run back
+        after its eviction): its counters, as of ``state.last_seq``, so that its budgets go on
+        from there (the events up to that seq that are replayed are judged again, not counted
+        again); its identity and start; and a terminal end: a stopped or completed run stays so.
+        """
+        counters = state.counters
+        self.steps, self.tokens, self.cost_usd = counters.steps, counters.tokens, counters.cost_usd
+        self.tool_calls, self.retries, self.errors = counters.tool_calls, counters.retries, counters.errors
+        self.counted_until = state.last_seq
+        self.last_seq = max(self.last_seq, state.last_seq)
+        self.first_ts = state.started_at or self.first_ts
+        self.last_ts = max(self.last_ts, state.updated_at)
+        self.task = self.task or state.task
+        self.agent = self.agent or state.agent
+        if state.progress is not None:
+            self.progress = self.best_progress = state.progress
+        self.last_verdict = state.last_verdict
+        if state.status is RunStatus.STOPPED:
+            self.stopped = True
+            self.stop_reason = state.stop_reason
+        elif state.status is RunStatus.COMPLETED:
+            self.completed = True
+
     def observe(self, event: StepEvent, now: float) -> bool:
         """Fold one event into the window.
 
@@ -197,6 +227,14 @@ class RunWindow:
         Returns:
             True when the event completed an action (the loop detectors then run).
         """
+        if event.seq > self.counted_until:
+            return self._fold(event, now)
+        counted = (self.steps, self.tokens, self.cost_usd, self.tool_calls, self.retries, self.errors)
+        acted = self._fold(event, now)
+        self.steps, self.tokens, self.cost_usd, self.tool_calls, self.retries, self.errors = counted
+        return acted
+
+    def _fold(self, event: StepEvent, now: float) -> bool:
         self.events += 1
         self.last_seen = now
         self.snooze_until = 0.0

@@ -30,7 +30,7 @@ from actors.endpoint import Endpoint
 from actors.operator import read_state
 from actors.runtime import Actor
 from actors.supervisor._decide import Decisions
-from actors.supervisor._follow import Followers
+from actors.supervisor._follow import Followers, direct_get_step
 from actors.supervisor.engine import Engine
 from actors.supervisor.leases import Leases
 from protocols import codec, subjects
@@ -206,6 +206,8 @@ class SupervisorWorker(Actor):
         now = self.last_at = self.clock()
         if self.first_at is None:
             self.first_at = now
+        if event.seq > 1 and event.kind != "start" and event.run_id not in self.engine.windows:
+            await self._recall(partition, event.run_id, now)
         # History is seen when it happened: a run already silent before a takeover is not
         # given a fresh stall timeout by being replayed.
         verdicts = self.engine.observe(event, now if stored_at is None else min(now, stored_at))
@@ -214,6 +216,18 @@ class SupervisorWorker(Actor):
             for verdict in verdicts:
                 await self.decisions.decide(verdict, stored_at)
             self._dirty.add(event.run_id)  # a stored command may have been applied meanwhile
+
+    async def _recall(self, partition: int, run_id: str, now: float) -> None:
+        """Before judging a run first seen mid-way, recall its policy from its ``start`` event in
+        ``RV_STEPS`` and what it spent, and how it ended, from ``rv_runs`` (see ``Engine.recall``)."""
+        try:
+            first = await direct_get_step(self.nc, {"next_by_subj": subjects.stored_step(partition, run_id)})
+            start = codec.decode(StepEvent, first.data) if first is not None else None
+            stored = await self._stored_state(run_id)
+        except Exception as exc:  # judged from here on, as before there was anything to recall
+            log.warning("cannot recall run %s: %s", run_id, exc, extra={"worker": self.worker_id})
+            return
+        self.engine.recall(run_id, start, stored, now)
 
     async def _tick(self) -> None:
         now = self.clock()

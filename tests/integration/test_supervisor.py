@@ -692,3 +692,86 @@ async def test_a_decision_on_history_is_not_lost_while_the_control_stream_is_una
             assert stored.command.cmd == "stop"
     finally:
         await admin.close()
+
+
+def _spending(run_id: str, seq: int, cost: float) -> StepEvent:
+    return StepEvent(run_id=run_id, seq=seq, ts=1e9 + seq, kind="llm", tokens_in=1000, tokens_out=10, cost_usd=cost)
+
+
+async def test_a_budget_and_its_policy_outlive_a_takeover_past_the_lookback(
+    fresh_server: EmbeddedServer, run_id: str
+) -> None:
+    # A run longer than the lookback: a new owner replays none of its start (its policy) nor of
+    # what it spent so far. Its budget must not start again from zero under the default policy.
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    budget = Policy(max_cost_usd=1.0)
+    start = StepEvent(run_id=run_id, seq=1, ts=1e9, kind="start", task="spend wisely", policy=budget)
+    try:
+        async with running_worker(fresh_server, "first"):
+            await publish(admin, iter([start, _spending(run_id, 2, 0.7)]))
+            await eventually(lambda: _with_cost(admin, run_id, 0.7), what="0.7 spent, in rv_runs")
+        await asyncio.sleep(1.5)
+        async with running_worker(fresh_server, "second", lookback_s=1.0) as second:
+            seen = await watch(admin, run_id)
+            await publish(
+                admin, iter([_spending(run_id, 3, 0.2), _spending(run_id, 4, 0.2), _spending(run_id, 5, 0.1)])
+            )
+            stops = await eventually(seen.stops, what="the budget's stop from the new owner")
+            assert stops[0].reason is StopReason.BUDGET_EXCEEDED
+            assert stops[0].evidence is not None
+            assert "1.2 of 1 (policy max_cost_usd)" in stops[0].evidence.summary
+            state = second.engine.state(run_id)
+            assert (state.task, state.started_at, state.counters.steps) == ("spend wisely", 1e9, 0)
+            assert state.counters.tokens == 4 * 1010
+    finally:
+        await admin.close()
+
+
+async def test_an_evicted_run_that_comes_back_keeps_its_budget_and_a_stopped_one_stays_stopped(
+    fresh_server: EmbeddedServer, run_id: str
+) -> None:
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    stopped_run = f"{run_id}-stopped"
+    budget = Policy(max_cost_usd=1.0, warn_first=False)
+
+    def evict_soon(w: SupervisorWorker) -> None:
+        w.idle_s = 0.5
+
+    try:
+        async with running_worker(fresh_server, "solo", before_start=evict_soon) as worker:
+            seen = await watch(admin, run_id)
+            # Given a run that spent 0.7 of its 1.0 and went quiet long enough to be evicted,
+            start = StepEvent(run_id=run_id, seq=1, ts=1e9, kind="start", policy=budget)
+            await publish(admin, iter([start, _spending(run_id, 2, 0.7)]))
+            await eventually(lambda: _with_cost(admin, run_id, 0.7), what="0.7 spent, in rv_runs")
+            await eventually(lambda: run_id not in worker.engine.windows, what="the quiet run evicted")
+            # when it spends 0.4 more, that is over its budget: stopped.
+            await publish(admin, iter([_spending(run_id, 3, 0.4)]))
+            stops = await eventually(seen.stops, what="the stop of the run that came back")
+            assert stops[0].reason is StopReason.BUDGET_EXCEEDED
+            # A run stopped, evicted, and then heard from again (a step still in flight) stays stopped:
+            stopped_seen = await watch(admin, stopped_run)
+            start = StepEvent(run_id=stopped_run, seq=1, ts=1e9, kind="start", policy=budget)
+            await publish(admin, iter([start, _spending(stopped_run, 2, 1.5)]))
+            await eventually(lambda: _with_status(admin, stopped_run, RunStatus.STOPPED), what="STOPPED in rv_runs")
+            await eventually(lambda: stopped_run not in worker.engine.windows, what="the stopped run evicted")
+            await publish(admin, iter([_spending(stopped_run, 3, 0.1)]))
+            await eventually(lambda: stopped_run in worker.engine.windows, what="the late step judged")
+            assert worker.engine.state(stopped_run).status is RunStatus.STOPPED
+            await asyncio.sleep(0.3)  # a flush or two
+            stored = await stored_state(admin, stopped_run)
+            assert stored is not None
+            assert (stored.status, round(stored.counters.cost_usd, 9)) == (
+                RunStatus.STOPPED,
+                1.6,
+            )  # the late step spent too
+            assert len(stopped_seen.stops()) == 1, "never two stops for one run"
+    finally:
+        await admin.close()
+
+
+async def _with_cost(nc: Client, run_id: str, cost: float) -> RunState | None:
+    state = await stored_state(nc, run_id)
+    return state if state is not None and abs(state.counters.cost_usd - cost) < 1e-9 else None

@@ -419,3 +419,54 @@ def test_empty_results_of_a_data_export_are_a_tool_failure() -> None:
         feed.event("tool_call", tool="export_orders_data", call_id=f"e{day}", args={"shard": f"orders-{day}"})
         feed.event("tool_result", tool="export_orders_data", call_id=f"e{day}", observation="", ok=True)
     assert [(v.severity, v.reason) for v in feed.verdicts][-1] == ("stop", StopReason.TOOL_FAILURE)
+
+
+def _llm(run_id: str, seq: int, cost: float) -> StepEvent:
+    return StepEvent(run_id=run_id, seq=seq, ts=1e9 + seq, kind="llm", tokens_in=100, cost_usd=cost)
+
+
+def test_a_recalled_run_counts_replayed_events_once_and_goes_on_from_its_stored_counters() -> None:
+    # What one owner saw of a run: its start (with a budget) and four LLM calls.
+    policy = Policy(max_cost_usd=1.0, warn_first=False)
+    start = StepEvent(run_id="r", seq=1, ts=1e9, kind="start", task="t", policy=policy)
+    first = Engine()
+    for event in (start, *(_llm("r", seq, 0.2) for seq in range(2, 6))):
+        first.observe(event, 1e9)
+    stored = first.state("r")
+    assert round(stored.counters.cost_usd, 9) == 0.8
+    # A new owner whose replay begins at seq 4 recalls the start and the stored state first:
+    second = Engine()
+    second.recall("r", start, stored, now=1e9)
+    for seq in (4, 5):  # replayed: judged again, but already counted
+        assert second.observe(_llm("r", seq, 0.2), 1e9) == []
+    assert round(second.state("r").counters.cost_usd, 9) == 0.8
+    # and the next call, over the run's own budget (not the default policy's), stops it.
+    verdicts = second.observe(_llm("r", 6, 0.3), 1e9)
+    assert [(v.severity, v.reason) for v in verdicts] == [("stop", StopReason.BUDGET_EXCEEDED)]
+    state = second.state("r")
+    assert (state.task, state.started_at, state.counters.tokens) == ("t", 1e9, 500)
+
+
+def test_a_recalled_stopped_run_stays_stopped_and_is_not_judged_again() -> None:
+    engine = Engine()
+    stopped = Engine().state("r").model_copy(update={"status": RunStatus.STOPPED, "last_seq": 9})
+    stopped = stopped.model_copy(update={"stop_reason": StopReason.LOOP_DETECTED})
+    engine.recall("r", None, stopped, now=1e9)
+    assert engine.observe(_llm("r", 10, 100.0), 1e9) == []
+    assert engine.tick(1e9 + 10_000) == []
+    state = engine.state("r")
+    assert (state.status, state.stop_reason) == (RunStatus.STOPPED, StopReason.LOOP_DETECTED)
+
+
+def test_recall_leaves_a_run_already_in_a_window_alone() -> None:
+    engine = Engine()
+    engine.observe(_llm("r", 2, 0.5), 1e9)
+    engine.recall("r", None, Engine().state("r").model_copy(update={"status": RunStatus.STOPPED}), now=1e9)
+    assert engine.state("r").status is RunStatus.RUNNING
+
+
+def test_an_event_with_seq_zero_is_counted() -> None:
+    # Recorded traffic numbers events from 0: the first one's tokens count like any other's.
+    engine = Engine()
+    engine.observe(StepEvent(run_id="r", seq=0, ts=1e9, kind="llm", tokens_in=900, tokens_out=40), 1e9)
+    assert engine.state("r").counters.tokens == 940
