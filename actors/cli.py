@@ -179,6 +179,10 @@ def _add_supervisor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lookback", type=_at_least_zero_s, default=900.0, help="seconds of steps a new owner replays (900)"
     )
+    parser.add_argument(
+        "--idle", type=_above_zero, default=3600.0, metavar="S",
+        help="forget runs silent this long (3600); their state stays in rv_runs and is recalled if they go on",
+    )  # fmt: skip
 
 
 async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
@@ -224,8 +228,9 @@ def _supervisor_endpoint(server: EmbeddedServer | None) -> Endpoint:
 
 async def _supervisor(args: argparse.Namespace, stop: asyncio.Event) -> int:
     worker = SupervisorWorker(
-        worker_id=args.worker_id, partitions=args.partitions, lease_ttl_s=args.lease_ttl, lookback_s=args.lookback
-    )
+        worker_id=args.worker_id, partitions=args.partitions, lease_ttl_s=args.lease_ttl, lookback_s=args.lookback,
+        idle_s=args.idle,
+    )  # fmt: skip
     print(f"supervisor {worker.worker_id} starting; Ctrl-C stops it", flush=True)
     await worker.run(stop)
     return 0

@@ -16,6 +16,7 @@ from actors.cli import _parser, main
         (["top", "--limit", "0"], "argument --limit: must be 1 or more, got 0"),
         (["supervisor", "--partitions", "0"], "argument --partitions: must be 1 or more, got 0"),
         (["supervisor", "--lookback", "-5"], "argument --lookback: must be 0 or more, got -5"),
+        (["supervisor", "--idle", "0"], "argument --idle: must be more than 0, got 0"),
         (["supervisor", "--lease-ttl", "nan"], "argument --lease-ttl: must be more than 0, got nan"),
         (["up", "--port", "70000"], "argument --port: must be a port from 0 to 65535, got 70000"),
         (["up", "--supervisors", "-1"], "argument --supervisors: must be 0 or more, got -1"),
@@ -35,6 +36,7 @@ def test_a_nonsense_number_is_refused_by_name(args: list[str], said: str, capsys
         (["up", "--port", "0"], "port", 0),
         (["supervisor", "--lookback", "0"], "lookback", 0.0),
         (["top", "--interval", "0.5"], "interval", 0.5),
+        (["supervisor", "--idle", "60"], "idle", 60.0),
     ],
 )
 def test_edge_values_that_make_sense_are_accepted(args: list[str], dest: str, value: float) -> None:
