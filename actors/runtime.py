@@ -54,8 +54,7 @@ def configure_logging(level: int | str = logging.INFO) -> None:
 class _Waiting:
     """Logs that an actor waits for its server's provisioning: at once, then every ``WAITING_LOG_EVERY_S``."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self) -> None:
         self._logged_at: float | None = None
 
     def log(self, why: Exception) -> None:
@@ -144,7 +143,7 @@ class Actor:
         )  # fmt: skip
 
     async def __aenter__(self) -> Self:
-        waiting = _Waiting(self.name)
+        waiting = _Waiting()
         while True:
             if self._nc is None:
                 self._nc = await self._connect(self.name)

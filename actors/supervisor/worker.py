@@ -222,11 +222,14 @@ class SupervisorWorker(Actor):
         ``RV_STEPS`` and what it spent, and how it ended, from ``rv_runs`` (see ``Engine.recall``)."""
         try:
             first = await direct_get_step(self.nc, {"next_by_subj": subjects.stored_step(partition, run_id)})
-            start = codec.decode(StepEvent, first.data) if first is not None else None
             stored = await self._stored_state(run_id)
         except Exception as exc:  # judged from here on, as before there was anything to recall
             log.warning("cannot recall run %s: %s", run_id, exc, extra={"worker": self.worker_id})
             return
+        try:
+            start = codec.decode(StepEvent, first.data) if first is not None else None
+        except DecodeError:
+            start = None  # an undecodable first step gives no policy; the stored state still counts
         self.engine.recall(run_id, start, stored, now)
 
     async def _tick(self) -> None:
