@@ -19,7 +19,7 @@ clock), so the NATS worker, the offline bench and the tests drive it the same wa
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from actors.supervisor.detectors import ACTION_DETECTORS, Budget, Detector
 from actors.supervisor.stall import StallTimers, check_stall, next_deadline
@@ -199,13 +199,22 @@ class Engine:
             self.timers.schedule(run_id, next_deadline(window, policy))
         return out
 
-    def evict_idle(self, now: float, idle_s: float) -> list[str]:
-        """Forget runs with no event for ``idle_s`` seconds (finished runs included).
+    def evict_idle(
+        self, now: float, idle_s: float, finished_s: float | None = None, keep: Callable[[str], bool] | None = None
+    ) -> list[str]:
+        """Forget runs with no event for ``idle_s`` seconds, and finished ones (stopped or
+        completed) after ``finished_s`` (default ``idle_s``); never one that ``keep`` names (its
+        state not written yet). A forgotten run that goes on is recalled (see :meth:`recall`).
 
         Returns:
             The evicted run ids.
         """
-        gone = [run_id for run_id, w in self.windows.items() if now - w.last_seen >= idle_s]
+        done_s = idle_s if finished_s is None else finished_s
+        gone = [
+            run_id
+            for run_id, w in self.windows.items()
+            if now - w.last_seen >= (done_s if w.finished else idle_s) and (keep is None or not keep(run_id))
+        ]
         for run_id in gone:
             del self.windows[run_id]
             self.timers.schedule(run_id, None)

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 #: How long a write to ``rv_runs`` may wait for its acknowledgement before it is retried.
 WRITE_TIMEOUT_S = 5.0
+#: How long a stopped or completed run stays in memory after its last event (its state is in
+#: ``rv_runs``): memory follows the runs that are active, not every run of the last hour.
+FINISHED_S = 60.0
 
 
 class SupervisorWorker(Actor):
@@ -52,7 +55,8 @@ class SupervisorWorker(Actor):
     def __init__(
         self, endpoint: Endpoint | None = None, *, nc: Any = None, worker_id: str | None = None,
         partitions: int | None = None, lease_ttl_s: float | None = None,
-        lookback_s: float = 900.0, idle_s: float = 3600.0, flush_s: float = 1.0, tick_s: float = 1.0,
+        lookback_s: float = 900.0, idle_s: float = 3600.0, finished_s: float = FINISHED_S, flush_s: float = 1.0,
+        tick_s: float = 1.0,
         policy: Policy | None = None, clock: Callable[[], float] = time.time,
     ) -> None:  # fmt: skip
         """Args:
@@ -65,6 +69,8 @@ class SupervisorWorker(Actor):
             actually expires a dead worker's keys. Leases are renewed every third of it.
         lookback_s: how far back a new owner replays a partition to rebuild windows.
         idle_s: runs silent this long are evicted from memory (their state stays in ``rv_runs``).
+        finished_s: stopped and completed runs are evicted this long after their last event, once
+            their state is written (a late step recalls them from ``rv_runs``).
         flush_s: how often dirty run states are written to ``rv_runs`` (once a second by default:
             ``rv_runs`` is the view that outlives the worker; ``rv.status`` answers live).
         tick_s: how often silent stalls are checked.
@@ -79,6 +85,7 @@ class SupervisorWorker(Actor):
         self.lease_ttl_s = lease_ttl_s
         self.lookback_s = lookback_s
         self.idle_s = idle_s
+        self.finished_s = finished_s
         self.flush_s = flush_s
         self.tick_s = tick_s
         self.clock = clock
@@ -88,6 +95,7 @@ class SupervisorWorker(Actor):
         self.last_at = 0.0
         self._reported = 0
         self._dirty: set[str] = set()
+        self._writing: set[str] = set()  # states sent to rv_runs, not yet acknowledged
         self._decisions: Decisions | None = None
         self._js: JetStreamContext | None = None
         self._followers: Followers | None = None
@@ -239,8 +247,10 @@ class SupervisorWorker(Actor):
                 self._dirty.add(verdict.run_id)
                 await self.decisions.decide(verdict, from_clock=True)
                 self._dirty.add(verdict.run_id)  # a stored command may have been applied meanwhile
-        for run_id in self.engine.evict_idle(now, self.idle_s):
-            self._dirty.discard(run_id)
+        self.engine.evict_idle(now, self.idle_s, self.finished_s, keep=self._unwritten)
+
+    def _unwritten(self, run_id: str) -> bool:
+        return run_id in self._dirty or run_id in self._writing
 
     async def _on_command(self, msg: Msg) -> None:
         run_id = subjects.run_id_of(msg.subject)
@@ -317,6 +327,7 @@ class SupervisorWorker(Actor):
             return
         assert self._js is not None
         acks: dict[str, asyncio.Future[PubAck]] = {}
+        self._writing.update(run_ids)
         try:
             for run_id in run_ids:
                 state = self.engine.state(run_id)
@@ -329,8 +340,9 @@ class SupervisorWorker(Actor):
                 for ack in pending:
                     ack.cancel()
             failed = [run for run in run_ids if acks.get(run) not in done or acks[run].exception() is not None]
+            self._dirty.update(failed)
+            self._writing.difference_update(run_ids)
             if failed:
-                self._dirty.update(failed)
                 log.warning(
                     "%d run states not written to rv_runs; retrying", len(failed), extra={"worker": self.worker_id}
                 )

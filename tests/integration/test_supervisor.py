@@ -737,7 +737,7 @@ async def test_an_evicted_run_that_comes_back_keeps_its_budget_and_a_stopped_one
     budget = Policy(max_cost_usd=1.0, warn_first=False)
 
     def evict_soon(w: SupervisorWorker) -> None:
-        w.idle_s = 0.5
+        w.idle_s = w.finished_s = 0.5
 
     try:
         async with running_worker(fresh_server, "solo", before_start=evict_soon) as worker:
@@ -775,3 +775,26 @@ async def test_an_evicted_run_that_comes_back_keeps_its_budget_and_a_stopped_one
 async def _with_cost(nc: Client, run_id: str, cost: float) -> RunState | None:
     state = await stored_state(nc, run_id)
     return state if state is not None and abs(state.counters.cost_usd - cost) < 1e-9 else None
+
+
+async def test_a_finished_run_leaves_memory_soon_and_its_status_is_still_answered(
+    fresh_server: EmbeddedServer, run_id: str
+) -> None:
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+
+    def forget_finished_soon(w: SupervisorWorker) -> None:
+        w.finished_s = 0.3
+
+    try:
+        async with running_worker(fresh_server, "solo", before_start=forget_finished_soon) as worker:
+            done = [*find_file_loop(run_id, 1, repeats=1)]
+            done.append(StepEvent(run_id=run_id, seq=4, ts=1e9 + 4, kind="final", observation="patch"))
+            await publish(admin, iter(done))
+            await eventually(lambda: _with_status(admin, run_id, RunStatus.COMPLETED), what="COMPLETED in rv_runs")
+            await eventually(lambda: run_id not in worker.engine.windows, what="the finished run forgotten")
+            reply = await admin.request(subjects.status(run_id), b"", timeout=5)  # the owner answers from rv_runs
+            state = codec.decode_json(RunState, reply.data)
+            assert (state.status, state.counters.tool_calls, state.last_seq) == (RunStatus.COMPLETED, 1, 4)
+    finally:
+        await admin.close()

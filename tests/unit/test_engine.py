@@ -194,6 +194,17 @@ def test_evict_idle_forgets_runs() -> None:
     assert engine.state("old").status is RunStatus.RUNNING  # unknown runs read as a bare state
 
 
+def test_finished_runs_are_forgotten_sooner_but_never_before_their_state_is_written() -> None:
+    engine = Engine()
+    for run_id in ("done", "unwritten", "running"):
+        Feed(engine, run_id).act("ls", "a")
+    for run_id in ("done", "unwritten"):
+        engine.observe(StepEvent(run_id=run_id, seq=9, ts=1e9, kind="final"), 1_700_000_010.0)
+    later = 1_700_000_010.0 + 120
+    assert engine.evict_idle(later, 3600, finished_s=60, keep=lambda run_id: run_id == "unwritten") == ["done"]
+    assert set(engine.windows) == {"unwritten", "running"}
+
+
 def test_state_carries_the_counters() -> None:
     feed = Feed(Engine())
     feed.event("start", task="fix the parser", agent="mini")
