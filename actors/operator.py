@@ -6,18 +6,24 @@ Used by the ``runvisor`` CLI; the same things work with the ``nats`` CLI
 
 from __future__ import annotations
 
+import logging
 import time
 
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import PubAck
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from protocols import codec, subjects
 from protocols.messages import Command, RunState
 from protocols.reasons import RECOVERY_HINTS
+
+log = logging.getLogger(__name__)
+
+#: How long listing ``rv_runs`` waits for the next entry before giving up.
+LIST_TIMEOUT_S = 5.0
 
 
 async def send_command(nc: Client, run_id: str, command: Command, timeout: float = 5.0) -> PubAck:
@@ -54,17 +60,24 @@ async def read_state(runs: KeyValue, run_id: str) -> RunState | None:
 
 
 async def list_states(nc: Client) -> list[RunState]:
-    """Every run in ``rv_runs``, newest update first."""
+    """Every run in ``rv_runs``, newest update first.
+
+    One pass over the bucket (a watch delivering each key's latest value, then stopping), not
+    a ``get`` per key: 10,000 runs take one stream read, not 10,000 round trips.
+    """
     kv = await nc.jetstream().key_value(subjects.RUNS_BUCKET)
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return []
+    watcher = await kv.watchall(ignore_deletes=True)
     states = []
-    for key in keys:
-        state = await read_state(kv, key)
-        if state is not None:
-            states.append(state)
+    try:
+        while (entry := await watcher.updates(timeout=LIST_TIMEOUT_S)) is not None:  # type: ignore[no-untyped-call]
+            if not entry.value:
+                continue
+            try:
+                states.append(codec.decode(RunState, entry.value))
+            except codec.DecodeError as exc:  # one bad entry must not hide every other run
+                log.warning("rv_runs entry %r is not a run state: %s", entry.key, exc)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
     return sorted(states, key=lambda s: s.updated_at, reverse=True)
 
 
