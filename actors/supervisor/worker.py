@@ -270,7 +270,12 @@ class SupervisorWorker(Actor):
                 subjects.event(run_id), codec.json_bytes(error), headers={codec.CONTENT_TYPE: codec.JSON}
             )
             return
-        self.engine.apply_command(run_id, command, self.clock())
+        now = self.clock()
+        if run_id not in self.engine.windows:
+            # A command for a run forgotten (idle, or finished): applied to a bare window, it would
+            # overwrite the run's counters and task in rv_runs with zeros.
+            await self._recall(subjects.partition_of(run_id, self.partitions), run_id, now)
+        self.engine.apply_command(run_id, command, now)
         self._dirty.add(run_id)
 
     async def _on_status(self, msg: Msg) -> None:

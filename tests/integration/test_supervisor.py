@@ -796,5 +796,11 @@ async def test_a_finished_run_leaves_memory_soon_and_its_status_is_still_answere
             reply = await admin.request(subjects.status(run_id), b"", timeout=5)  # the owner answers from rv_runs
             state = codec.decode_json(RunState, reply.data)
             assert (state.status, state.counters.tool_calls, state.last_seq) == (RunStatus.COMPLETED, 1, 4)
+            # An operator's command for the forgotten run changes its status, not what it did.
+            await send_command(admin, run_id, Command(cmd="kill", note="cleanup"))
+            killed = await eventually(lambda: _with_status(admin, run_id, RunStatus.STOPPED), what="the kill stored")
+            assert (killed.stop_reason, killed.counters.tool_calls, killed.counters.tokens) == (
+                StopReason.USER_KILLED, 1, 940,
+            )  # fmt: skip
     finally:
         await admin.close()
