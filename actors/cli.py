@@ -25,6 +25,7 @@ from actors.supervisor.worker import SupervisorWorker
 from actors.tools import ToolExecutor, ToolRegistry
 from protocols.codec import DecodeError
 from protocols.messages import Command, RunState, check_run_id
+from protocols.policy import Policy, parse_policy
 from protocols.reasons import RunStatus
 from protocols.subjects import DEFAULT_LEASE_TTL_S
 
@@ -147,6 +148,18 @@ def _port(text: str) -> int:
 _Number = TypeVar("_Number", int, float)
 
 
+def _policy_file(text: str) -> Policy:
+    """A policy file (an argparse type): read and checked before anything starts."""
+    try:
+        content = Path(text).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {exc}") from None
+    try:
+        return parse_policy(content, text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parse(kind: type[_Number], text: str) -> _Number:
     try:
         return kind(text)
@@ -167,6 +180,10 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         help="also serve this ToolRegistry (repeatable), e.g. actors.sim:demo_tools",
     )  # fmt: skip
     parser.add_argument("--lease-ttl", type=_above_zero, default=DEFAULT_LEASE_TTL_S, help="lease TTL in seconds")
+    parser.add_argument(
+        "--policy", type=_policy_file, default=None, metavar="FILE",
+        help="default policy, a JSON object of Policy fields, for runs whose start event carries none",
+    )  # fmt: skip
 
 
 def _add_supervisor_options(parser: argparse.ArgumentParser) -> None:
@@ -182,6 +199,10 @@ def _add_supervisor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--idle", type=_above_zero, default=3600.0, metavar="S",
         help="forget runs silent this long (3600); their state stays in rv_runs and is recalled if they go on",
+    )  # fmt: skip
+    parser.add_argument(
+        "--policy", type=_policy_file, default=None, metavar="FILE",
+        help="default policy, a JSON object of Policy fields, for runs whose start event carries none",
     )  # fmt: skip
 
 
@@ -203,7 +224,9 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         report = await provision(nc, partitions=args.partitions, lease_ttl_s=args.lease_ttl)
         print("provisioned: " + ", ".join(f"{name} {what}" for name, what in report.items()))
         workers = [
-            SupervisorWorker(_supervisor_endpoint(server), partitions=args.partitions, lease_ttl_s=args.lease_ttl)
+            SupervisorWorker(
+                _supervisor_endpoint(server), partitions=args.partitions, lease_ttl_s=args.lease_ttl, policy=args.policy
+            )
             for _ in range(args.supervisors)
         ]
         executors = [
@@ -229,7 +252,7 @@ def _supervisor_endpoint(server: EmbeddedServer | None) -> Endpoint:
 async def _supervisor(args: argparse.Namespace, stop: asyncio.Event) -> int:
     worker = SupervisorWorker(
         worker_id=args.worker_id, partitions=args.partitions, lease_ttl_s=args.lease_ttl, lookback_s=args.lookback,
-        idle_s=args.idle,
+        idle_s=args.idle, policy=args.policy,
     )  # fmt: skip
     print(f"supervisor {worker.worker_id} starting; Ctrl-C stops it", flush=True)
     await worker.run(stop)

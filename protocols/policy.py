@@ -1,14 +1,17 @@
 """The run policy: every detector threshold and budget, each with a default (DESIGN §4).
 
 Thresholds are fields here, never literals in the detectors. A run's `start` event may
-carry a policy; otherwise the supervisor's defaults apply.
+carry a policy; otherwise the supervisor's defaults apply: these, or a file's
+(:func:`parse_policy`, ``runvisor supervisor --policy FILE``).
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Severity = Literal["warn", "pause", "stop"]
 
@@ -56,3 +59,34 @@ class Policy(BaseModel):
     failure_action: Severity = "stop"
     budget_action: Severity = "stop"
     warn_first: bool = Field(default=True, description="publish a warning verdict before acting")
+
+
+def parse_policy(text: str, source: str = "policy") -> Policy:
+    """A policy from JSON text: an object of :class:`Policy` fields (the others keep their defaults).
+
+    Stricter than the wire, which ignores unknown fields: in a file a misspelt field would
+    silently leave a budget unlimited, so it is an error, with the field it probably meant.
+
+    Raises:
+        ValueError: not a JSON object, an unknown field, or a value out of range; the message
+            starts with ``source`` and names each field at fault.
+    """
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a JSON object of policy fields, got {type(data).__name__}")
+    known = list(Policy.model_fields)
+    unknown = [name for name in data if name not in Policy.model_fields]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"{source}: unknown field {', '.join(hints)}; the fields are {', '.join(known)}")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{source}: {problems}") from None

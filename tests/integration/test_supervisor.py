@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -804,3 +805,43 @@ async def test_a_finished_run_leaves_memory_soon_and_its_status_is_still_answere
             )  # fmt: skip
     finally:
         await admin.close()
+
+
+async def test_a_worker_judges_runs_without_a_policy_by_its_policy_file(
+    fresh_server: EmbeddedServer, run_id: str, tmp_path: Path
+) -> None:
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    policy_file = tmp_path / "policy.json"
+    policy_file.write_text('{"max_cost_usd": 1.0, "warn_first": false}')
+    env = {
+        **os.environ,
+        "NATS_URL": fresh_server.url,
+        "RV_SUPERVISOR_PASSWORD": fresh_server.credentials.passwords["supervisor"],
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "actors.cli", "supervisor", "--id", "by-file", "--policy", str(policy_file), env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        seen = await watch(admin, run_id)
+        await eventually(lambda: _all_owned_by(admin, "by-file"), timeout=20, what="the worker's leases")
+        start = StepEvent(run_id=run_id, seq=1, ts=1e9, kind="start", task="no policy of its own")
+        await publish(admin, iter([start, _spending(run_id, 2, 0.6), _spending(run_id, 3, 0.6)]))
+        stops = await eventually(seen.stops, what="the stop the file's budget asks for")
+        assert stops[0].reason is StopReason.BUDGET_EXCEEDED
+        assert stops[0].evidence is not None
+        assert "of 1 (policy max_cost_usd)" in stops[0].evidence.summary
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        await admin.close()
+
+
+async def _all_owned_by(nc: Client, worker_id: str) -> bool:
+    owners = await _owners(nc)
+    return len(owners) == subjects.DEFAULT_PARTITIONS and set(owners.values()) == {worker_id}

@@ -21,6 +21,7 @@ from actors.cli import _parser, main
         (["up", "--port", "70000"], "argument --port: must be a port from 0 to 65535, got 70000"),
         (["up", "--supervisors", "-1"], "argument --supervisors: must be 0 or more, got -1"),
         (["tools", "m:t", "--concurrency", "0"], "argument --concurrency: must be 1 or more, got 0"),
+        (["supervisor", "--policy", "/nonexistent.json"], "argument --policy: cannot read /nonexistent.json"),
     ],
 )
 def test_a_nonsense_number_is_refused_by_name(args: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:
