@@ -16,14 +16,12 @@ from nats.js.api import PubAck
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from actors._kv import latest_values
 from protocols import codec, subjects
 from protocols.messages import Command, RunState
 from protocols.reasons import RECOVERY_HINTS
 
 log = logging.getLogger(__name__)
-
-#: How long listing ``rv_runs`` waits for the next entry before giving up.
-LIST_TIMEOUT_S = 5.0
 
 
 async def send_command(nc: Client, run_id: str, command: Command, timeout: float = 5.0) -> PubAck:
@@ -62,22 +60,15 @@ async def read_state(runs: KeyValue, run_id: str) -> RunState | None:
 async def list_states(nc: Client) -> list[RunState]:
     """Every run in ``rv_runs``, newest update first.
 
-    One pass over the bucket (a watch delivering each key's latest value, then stopping), not
-    a ``get`` per key: 10,000 runs take one stream read, not 10,000 round trips.
+    One pass over the bucket (see ``latest_values``), not a ``get`` per key: 10,000 runs take
+    one stream read, not 10,000 round trips.
     """
-    kv = await nc.jetstream().key_value(subjects.RUNS_BUCKET)
-    watcher = await kv.watchall(ignore_deletes=True)
     states = []
-    try:
-        while (entry := await watcher.updates(timeout=LIST_TIMEOUT_S)) is not None:  # type: ignore[no-untyped-call]
-            if not entry.value:
-                continue
-            try:
-                states.append(codec.decode(RunState, entry.value))
-            except codec.DecodeError as exc:  # one bad entry must not hide every other run
-                log.warning("rv_runs entry %r is not a run state: %s", entry.key, exc)
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+    for key, value in (await latest_values(nc.jetstream(), subjects.RUNS_BUCKET)).items():
+        try:
+            states.append(codec.decode(RunState, value))
+        except codec.DecodeError as exc:  # one bad entry must not hide every other run
+            log.warning("rv_runs entry %r is not a run state: %s", key, exc)
     return sorted(states, key=lambda s: s.updated_at, reverse=True)
 
 

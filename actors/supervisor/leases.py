@@ -20,9 +20,11 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js import JetStreamContext
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from actors._kv import latest_values
 from protocols import subjects
 
 log = logging.getLogger(__name__)
@@ -58,9 +60,10 @@ class Leases:
     """
 
     def __init__(
-        self, kv: KeyValue, worker_id: str, partitions: int, ttl_s: float,
+        self, js: JetStreamContext, kv: KeyValue, worker_id: str, partitions: int, ttl_s: float,
         on_gain: PartitionHook, on_lose: PartitionHook, clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
+        self.js = js
         self.kv = kv
         self.worker_id = worker_id
         self.partitions = partitions
@@ -104,11 +107,9 @@ class Leases:
             log.warning("could not remove membership: %s", exc, extra={"worker": self.worker_id})
 
     async def _members(self) -> int:
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return 1
-        return max(1, sum(1 for key in keys if key.startswith("m.")))
+        # Not ``kv.keys()``: under load it can find no keys at all (see ``latest_values``), and
+        # a worker counting itself alone would keep every partition it holds.
+        return max(1, len(await latest_values(self.js, subjects.LEASES_BUCKET, "m.>")))
 
     async def _renew(self) -> None:
         # All at once: one round trip for every lease, however busy the connection is.

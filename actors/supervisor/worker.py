@@ -133,8 +133,9 @@ class SupervisorWorker(Actor):
             bucket_ttl = (await self._js.stream_info(f"KV_{subjects.LEASES_BUCKET}")).config.max_age
             self.lease_ttl_s = bucket_ttl or subjects.DEFAULT_LEASE_TTL_S
         self._leases = Leases(
-            lease_kv, self.worker_id, self.partitions, self.lease_ttl_s, self._gain, self._lose, time.monotonic
-        )
+            self._js, lease_kv, self.worker_id, self.partitions, self.lease_ttl_s, self._gain, self._lose,
+            time.monotonic,
+        )  # fmt: skip
         self._decisions = Decisions(
             self.nc, self._js, self.engine, self.owns, self._stored_state, self.stopping, self.clock, self.worker_id
         )

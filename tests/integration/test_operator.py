@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from actors._kv import latest_values
 from actors.connection import connect
 from actors.operator import list_states
 from actors.server import EmbeddedServer, provision
@@ -27,5 +30,24 @@ async def test_list_states_reads_every_run_newest_first_and_skips_what_is_not_a_
         assert [s.run_id for s in states[:3]] == ["run-5", "run-299", "run-298"]
         assert states[0].counters.steps == 7  # the latest value of a key, not its history
         assert "run-6" not in {s.run_id for s in states}
+    finally:
+        await nc.close()
+
+
+async def test_latest_values_leaves_out_deleted_keys_and_finds_none_at_once_when_none_match(
+    fresh_server: EmbeddedServer,
+) -> None:
+    # How a worker counts the members of rv_leases: the m.* keys among the p* keys.
+    nc = await connect(fresh_server.endpoint("admin"), "t-admin")
+    try:
+        await provision(nc)
+        js = nc.jetstream()
+        kv = await js.key_value(subjects.LEASES_BUCKET)
+        await kv.put("p1", b"w1")
+        assert await asyncio.wait_for(latest_values(js, subjects.LEASES_BUCKET, "m.>"), 2) == {}
+        await kv.put("m.w1", b"w1")
+        await kv.put("m.w2", b"w2")
+        await kv.delete("m.w2")  # a worker that stopped
+        assert await latest_values(js, subjects.LEASES_BUCKET, "m.>") == {"m.w1": b"w1"}
     finally:
         await nc.close()
