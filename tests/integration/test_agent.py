@@ -169,13 +169,34 @@ async def test_call_without_executor_or_answer_is_a_failed_result(
 ) -> None:
     executor.hold = asyncio.Event()  # never answers
     async with Run.start(goal="g", run_id=run_id, nc=agent_nc) as run:
-        nobody = await run.call_tool(f"none-{run_id[-8:]}", {})
+        nobody = await run.call_tool(f"none-{run_id[-8:]}", {}, timeout=1)
         silent = await run.call_tool(executor.name, {"n": 1}, timeout=0.1)
         huge = await run.call_tool(executor.name, {"blob": "x" * 70_000})
 
     assert (nobody.ok, nobody.error_type) == (False, "NoResponders")
+    assert nobody.error is not None
+    assert "within 1s" in nobody.error  # it waited for an executor as long as the call's timeout allowed
     assert (silent.ok, silent.error_type) == (False, "TimeoutError")
     assert (huge.ok, huge.error_type) == (False, "ArgsTooLarge")
+
+
+async def test_a_call_waits_a_moment_for_an_executor_to_appear(server: EmbeddedServer, run_id: str) -> None:
+    # A lone executor restarting: the call is made while nothing serves the tool, and an
+    # executor subscribes a moment later. Nobody received the first sends, so sending again is safe.
+    agent_nc = await connect(server.endpoint("agent"), "t-agent")
+    tool_nc = await connect(server.endpoint("tool"), "t-tool")
+    late = Executor(tool_nc, f"late-{run_id[-8:]}")
+    try:
+        async with Run.start(goal="g", run_id=run_id, nc=agent_nc) as run:
+            call = asyncio.create_task(run.call_tool(late.name, {"n": 1}, timeout=10))
+            await asyncio.sleep(0.8)
+            assert not call.done(), "the call gave up before an executor could appear"
+            await late.serve()
+            result = await asyncio.wait_for(call, WAIT_S)
+        assert (result.ok, result.observation, late.executions) == (True, "ran {'n': 1}", 1)
+    finally:
+        await tool_nc.close()
+        await agent_nc.close()
 
 
 async def test_heartbeats_while_a_tool_call_is_pending(
@@ -212,6 +233,8 @@ async def test_pause_holds_at_next_step_and_resume_continues_with_same_state(
             await run.message("one")
             first_done.set()
             await go.wait()
+            # The pause is sent on another connection: wait until it has arrived, or "two" may go out first.
+            await eventually(lambda: run.paused, what="the pause received")
             await run.message("two")  # holds here while paused
             run.state["after"] = True
             return run.state
