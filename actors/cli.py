@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 
 from actors.connection import ONE_SHOT_CONNECT_S, connect
 from actors.endpoint import Endpoint, EndpointError, default_home
@@ -305,7 +306,9 @@ def load_registry(spec: str) -> ToolRegistry:
 
 async def _operator(args: argparse.Namespace, work: Callable[[Client], Awaitable[int]], stop: asyncio.Event) -> int:
     endpoint = Endpoint.discover("operator")
-    nc = await connect(endpoint, "runvisor-cli", give_up_after_s=args.connect_timeout, stop=stop)
+    nc = await connect(
+        endpoint, "runvisor-cli", give_up_after_s=args.connect_timeout, stop=stop, max_reconnect_attempts=-1
+    )  # ``top`` watches for as long as it runs: a server restarting for minutes is not its end
     try:
         return await work(nc)
     except Exception as exc:
@@ -313,7 +316,8 @@ async def _operator(args: argparse.Namespace, work: Callable[[Client], Awaitable
             raise not_provisioned(endpoint.url) from exc
         raise
     finally:
-        await nc.close()
+        with contextlib.suppress(Exception):  # a connection the server dropped may fail to close
+            await nc.close()
 
 
 async def _command(args: argparse.Namespace, stop: asyncio.Event) -> int:
@@ -365,12 +369,20 @@ async def _ps(args: argparse.Namespace, stop: asyncio.Event) -> int:
 async def _top(args: argparse.Namespace, stop: asyncio.Event) -> int:
     async def work(nc: Client) -> int:
         while not stop.is_set():
-            states = await list_states(nc)
-            running = sum(s.status == RunStatus.RUNNING for s in states)
-            header = f"runvisor top: {len(states)} runs, {running} running, {time.strftime('%H:%M:%S')}  (Ctrl-C quits)"
             # Clear the screen and home the cursor, like top; plain lines when not on a terminal.
             prefix = "\x1b[2J\x1b[H" if sys.stdout.isatty() else ""
-            print(f"{prefix}{header}\n{ps_table(states[: args.limit])}", flush=True)
+            now = time.strftime("%H:%M:%S")
+            try:
+                states = await list_states(nc)
+            except (NatsError, TimeoutError) as exc:
+                if is_not_provisioned(exc):
+                    raise
+                # The server restarting, or a moment unreachable: say so and keep watching.
+                print(f"{prefix}runvisor top: cannot read rv_runs ({exc}), {now}; trying again", flush=True)
+            else:
+                running = sum(s.status == RunStatus.RUNNING for s in states)
+                header = f"runvisor top: {len(states)} runs, {running} running, {now}  (Ctrl-C quits)"
+                print(f"{prefix}{header}\n{ps_table(states[: args.limit])}", flush=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), args.interval)
         return 0

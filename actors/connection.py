@@ -13,8 +13,8 @@ nats-py alone handles a server it cannot reach badly for a production process:
 
 :func:`connect` keeps nats-py's reconnection machinery and adds the rest: trying ends when
 ``stop`` is set or after ``give_up_after_s``, a refused login ends it at once, and failures to
-reach the server (at the first connection or while reconnecting) are one log line, then one
-every ``NOISE_EVERY_S`` while they last. Other errors (a permission violation) go to the
+reach the server (losing it, and each failed attempt at the first connection or at reconnecting)
+are one log line, then one every ``NOISE_EVERY_S`` while they last. Other errors (a permission violation) go to the
 caller's ``error_cb``.
 """
 
@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client
+from nats.errors import ConnectionClosedError, StaleConnectionError, UnexpectedEOF
 
 from actors.endpoint import Endpoint
 from actors.server import ServerError
@@ -48,6 +49,11 @@ class ConnectError(ServerError):
 
 class ConnectStoppedError(ConnectError):
     """Told to stop (``stop`` was set) before a connection was made."""
+
+
+def is_connection_loss(exc: BaseException) -> bool:
+    """Whether ``exc`` is the connection failing (the server gone or unreachable), not a protocol error."""
+    return isinstance(exc, (OSError, TimeoutError, UnexpectedEOF, StaleConnectionError, ConnectionClosedError))
 
 
 def is_refused_login(exc: BaseException) -> bool:
@@ -128,7 +134,7 @@ async def connect(
 
     async def on_error(exc: Exception) -> None:
         refused_login = is_refused_login(exc)
-        if nc.is_connected and not refused_login:
+        if nc.is_connected and not refused_login and not is_connection_loss(exc):
             if error_cb is not None:
                 await error_cb(exc)
             else:
@@ -195,4 +201,11 @@ def _why_not(
     return ConnectError(f"cannot connect to {where}: {_brief(last) if last else 'failed'}")
 
 
-__all__ = ["ONE_SHOT_CONNECT_S", "ConnectError", "ConnectStoppedError", "connect", "is_refused_login"]
+__all__ = [
+    "ONE_SHOT_CONNECT_S",
+    "ConnectError",
+    "ConnectStoppedError",
+    "connect",
+    "is_connection_loss",
+    "is_refused_login",
+]

@@ -220,3 +220,47 @@ async def test_an_agent_on_an_unprovisioned_server_gets_a_clear_error(fresh_serv
     with pytest.raises(NotProvisionedError, match="is not provisioned for runvisor"):
         async with Run.start(goal="g", endpoint=fresh_server.endpoint("agent")):
             pytest.fail("the run started without its streams")
+
+
+async def test_top_rides_out_a_server_restart(fresh_server: EmbeddedServer) -> None:
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    await admin.close()
+    proc = await _start(_env(fresh_server), "top", "--interval", "0.3")
+    assert proc.stdout is not None
+    lines: list[tuple[float, str]] = []
+    loop = asyncio.get_running_loop()
+
+    async def read() -> None:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            lines.append((loop.time(), line.decode()))
+
+    reader = asyncio.create_task(read())
+
+    def header_since(since: float) -> bool:
+        return any(at > since and line.startswith("runvisor top: 0 runs") for at, line in lines)
+
+    try:
+        await eventually(lambda: header_since(0), timeout=20, what="top's first screen")
+        # When the server goes away for longer than a read of rv_runs waits (5 s) and comes back,
+        await fresh_server.stop()
+        await asyncio.sleep(6.5)
+        assert proc.returncode is None, "top ended when the server went away"
+        await fresh_server.start()
+        restarted = loop.time()
+        # top is still there, said it could not read meanwhile, and shows the runs again;
+        await eventually(lambda: header_since(restarted), timeout=20, what="top's screen after the restart")
+        assert any(line.startswith("runvisor top: cannot read rv_runs") for _, line in lines), lines
+        reader.cancel()
+        proc.send_signal(signal.SIGTERM)
+        rc, err = await _finish(proc)
+        assert rc == 0, err
+        # the absence was one line in its log, without a traceback.
+        assert err.count("cannot reach NATS") == 1, err
+        assert "Traceback" not in err, err
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        reader.cancel()
