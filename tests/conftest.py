@@ -35,6 +35,15 @@ async def fresh_server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
         yield srv
 
 
+@pytest_asyncio.fixture
+async def fresh_admin(fresh_server: EmbeddedServer) -> AsyncIterator[Client]:
+    """An admin connection to ``fresh_server``, provisioned with the default streams and buckets."""
+    nc = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(nc)
+    yield nc
+    await nc.close()
+
+
 async def _as_role(server: EmbeddedServer, role: Role) -> AsyncIterator[Client]:
     nc = await connect(server.endpoint(role), f"test-{role}")
     yield nc

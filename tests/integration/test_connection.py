@@ -222,10 +222,7 @@ async def test_an_agent_on_an_unprovisioned_server_gets_a_clear_error(fresh_serv
             pytest.fail("the run started without its streams")
 
 
-async def test_top_rides_out_a_server_restart(fresh_server: EmbeddedServer) -> None:
-    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
-    await provision(admin)
-    await admin.close()
+async def test_top_rides_out_a_server_restart(fresh_server: EmbeddedServer, fresh_admin: Client) -> None:
     proc = await _start(_env(fresh_server), "top", "--interval", "0.3")
     assert proc.stdout is not None
     lines: list[tuple[float, str]] = []

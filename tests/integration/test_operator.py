@@ -4,50 +4,38 @@ from __future__ import annotations
 
 import asyncio
 
+from nats.aio.client import Client
+
 from actors._kv import latest_values
-from actors.connection import connect
 from actors.operator import list_states
-from actors.server import EmbeddedServer, provision
 from protocols import codec, subjects
 from protocols.messages import Counters, RunState
 
 
-async def test_list_states_reads_every_run_newest_first_and_skips_what_is_not_a_state(
-    fresh_server: EmbeddedServer,
-) -> None:
-    nc = await connect(fresh_server.endpoint("admin"), "t-admin")
-    try:
-        await provision(nc)
-        assert await list_states(nc) == []  # an empty bucket: nothing, at once
-        kv = await nc.jetstream().key_value(subjects.RUNS_BUCKET)
-        for i in range(300):  # more than nats-py's watcher queue holds (256)
-            await kv.put(f"run-{i}", codec.encode(RunState(run_id=f"run-{i}", updated_at=1e9 + i)))
-        await kv.put("run-5", codec.encode(RunState(run_id="run-5", updated_at=2e9, counters=Counters(steps=7))))
-        await kv.delete("run-6")
-        await kv.put("not-a-state", b"\xc1")
-        states = await list_states(nc)
-        assert len(states) == 299
-        assert [s.run_id for s in states[:3]] == ["run-5", "run-299", "run-298"]
-        assert states[0].counters.steps == 7  # the latest value of a key, not its history
-        assert "run-6" not in {s.run_id for s in states}
-    finally:
-        await nc.close()
+async def test_list_states_reads_every_run_newest_first_and_skips_what_is_not_a_state(fresh_admin: Client) -> None:
+    assert await list_states(fresh_admin) == []  # an empty bucket: nothing, at once
+    kv = await fresh_admin.jetstream().key_value(subjects.RUNS_BUCKET)
+    for i in range(300):  # more than nats-py's watcher queue holds (256)
+        await kv.put(f"run-{i}", codec.encode(RunState(run_id=f"run-{i}", updated_at=1e9 + i)))
+    await kv.put("run-5", codec.encode(RunState(run_id="run-5", updated_at=2e9, counters=Counters(steps=7))))
+    await kv.delete("run-6")
+    await kv.put("not-a-state", b"\xc1")
+    states = await list_states(fresh_admin)
+    assert len(states) == 299
+    assert [s.run_id for s in states[:3]] == ["run-5", "run-299", "run-298"]
+    assert states[0].counters.steps == 7  # the latest value of a key, not its history
+    assert "run-6" not in {s.run_id for s in states}
 
 
 async def test_latest_values_leaves_out_deleted_keys_and_finds_none_at_once_when_none_match(
-    fresh_server: EmbeddedServer,
+    fresh_admin: Client,
 ) -> None:
     # How a worker counts the members of rv_leases: the m.* keys among the p* keys.
-    nc = await connect(fresh_server.endpoint("admin"), "t-admin")
-    try:
-        await provision(nc)
-        js = nc.jetstream()
-        kv = await js.key_value(subjects.LEASES_BUCKET)
-        await kv.put("p1", b"w1")
-        assert await asyncio.wait_for(latest_values(js, subjects.LEASES_BUCKET, "m.>"), 2) == {}
-        await kv.put("m.w1", b"w1")
-        await kv.put("m.w2", b"w2")
-        await kv.delete("m.w2")  # a worker that stopped
-        assert await latest_values(js, subjects.LEASES_BUCKET, "m.>") == {"m.w1": b"w1"}
-    finally:
-        await nc.close()
+    js = fresh_admin.jetstream()
+    kv = await js.key_value(subjects.LEASES_BUCKET)
+    await kv.put("p1", b"w1")
+    assert await asyncio.wait_for(latest_values(js, subjects.LEASES_BUCKET, "m.>"), 2) == {}
+    await kv.put("m.w1", b"w1")
+    await kv.put("m.w2", b"w2")
+    await kv.delete("m.w2")  # a worker that stopped
+    assert await latest_values(js, subjects.LEASES_BUCKET, "m.>") == {"m.w1": b"w1"}

@@ -235,7 +235,7 @@ async def test_steps_that_arrive_while_a_renewal_is_late_are_kept_not_dropped(
 # --- several worker processes -----------------------------------------------------------
 
 
-async def _spawn_worker(server: EmbeddedServer, worker_id: str) -> asyncio.subprocess.Process:
+async def _spawn_worker(server: EmbeddedServer, worker_id: str, *options: str) -> asyncio.subprocess.Process:
     env = {
         **os.environ,
         "NATS_URL": server.url,
@@ -243,7 +243,7 @@ async def _spawn_worker(server: EmbeddedServer, worker_id: str) -> asyncio.subpr
         "RUNVISOR_LOG": "WARNING",
     }
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "actors.cli", "supervisor", "--id", worker_id, env=env,
+        sys.executable, "-m", "actors.cli", "supervisor", "--id", worker_id, *options, env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -361,37 +361,32 @@ async def test_a_worker_catching_up_on_a_backlog_keeps_its_leases(fresh_server: 
 
 
 async def test_a_new_owner_does_not_repeat_decisions_already_acted_on(
-    fresh_server: EmbeddedServer, run_id: str
+    fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str
 ) -> None:
     # A new owner rebuilds windows by replaying the stream, so it reaches every old decision again.
     # The stream de-duplicates the command, but core subscribers (the agent) would get it again:
     # a run the operator resumed would be paused again, a stopped run stopped twice.
-    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
-    await provision(admin)
     paused_run, stopped_run = f"{run_id}-p", f"{run_id}-s"
-    seen = {paused_run: await watch(admin, paused_run), stopped_run: await watch(admin, stopped_run)}
-    try:
-        async with running_worker(fresh_server, "first") as first:  # its graceful stop gives the leases back
-            start = StepEvent(run_id=paused_run, seq=0, ts=1e9, kind="start", policy=Policy(loop_action="pause"))
-            sent = await publish(admin, iter([start, *find_file_loop(paused_run, 1, repeats=6)]))
-            sent += await publish(admin, find_file_loop(stopped_run, 0, repeats=6))
-            await eventually(lambda: [c for c in seen[paused_run].commands if c.cmd == "pause"], what="the pause")
-            await eventually(seen[stopped_run].stops, what="the stop")
-            await send_command(admin, paused_run, Command(cmd="resume"))
-            await eventually(
-                lambda: first.processed >= len(sent) and first.engine.state(paused_run).status is RunStatus.RUNNING
-            )
-        async with running_worker(fresh_server, "second") as second:
-            await eventually(lambda: second.processed >= len(sent), what="the second worker caught up")
-            await asyncio.sleep(0.5)
-            await admin.flush()
-            pauses = [c for c in seen[paused_run].commands if c.cmd == "pause"]
-            assert [c.issuer for c in pauses] == ["supervisor:first"], "the resumed run is not paused again"
-            assert [c.issuer for c in seen[stopped_run].stops()] == ["supervisor:first"], "one stop per run"
-            assert second.engine.state(paused_run).status is RunStatus.RUNNING
-            assert second.engine.state(stopped_run).status is RunStatus.STOPPED
-    finally:
-        await admin.close()
+    seen = {paused_run: await watch(fresh_admin, paused_run), stopped_run: await watch(fresh_admin, stopped_run)}
+    async with running_worker(fresh_server, "first") as first:  # its graceful stop gives the leases back
+        start = StepEvent(run_id=paused_run, seq=0, ts=1e9, kind="start", policy=Policy(loop_action="pause"))
+        sent = await publish(fresh_admin, iter([start, *find_file_loop(paused_run, 1, repeats=6)]))
+        sent += await publish(fresh_admin, find_file_loop(stopped_run, 0, repeats=6))
+        await eventually(lambda: [c for c in seen[paused_run].commands if c.cmd == "pause"], what="the pause")
+        await eventually(seen[stopped_run].stops, what="the stop")
+        await send_command(fresh_admin, paused_run, Command(cmd="resume"))
+        await eventually(
+            lambda: first.processed >= len(sent) and first.engine.state(paused_run).status is RunStatus.RUNNING
+        )
+    async with running_worker(fresh_server, "second") as second:
+        await eventually(lambda: second.processed >= len(sent), what="the second worker caught up")
+        await asyncio.sleep(0.5)
+        await fresh_admin.flush()
+        pauses = [c for c in seen[paused_run].commands if c.cmd == "pause"]
+        assert [c.issuer for c in pauses] == ["supervisor:first"], "the resumed run is not paused again"
+        assert [c.issuer for c in seen[stopped_run].stops()] == ["supervisor:first"], "one stop per run"
+        assert second.engine.state(paused_run).status is RunStatus.RUNNING
+        assert second.engine.state(stopped_run).status is RunStatus.STOPPED
 
 
 async def test_a_paused_run_shows_paused_also_to_a_new_owner(fresh_server: EmbeddedServer, run_id: str) -> None:
@@ -461,60 +456,52 @@ async def test_a_worker_rides_out_a_server_restart(fresh_server: EmbeddedServer,
             await admin.close()
 
 
-async def test_a_new_owner_never_commands_a_run_already_killed(fresh_server: EmbeddedServer, run_id: str) -> None:
+async def test_a_new_owner_never_commands_a_run_already_killed(
+    fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str
+) -> None:
     # The old owner saw the kill; the new one only replays the steps, and the killed agent is
     # silent. A TIMEOUT pause from the new owner would become the run's last stored command and
     # hide the kill from a later resume.
-    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
-    await provision(admin)
-    seen = await watch(admin, run_id)
-    try:
-        async with running_worker(fresh_server, "first"):
-            fast = Policy(stall_timeout_s=0.5, tool_timeout_s=0.5)
-            start = StepEvent(run_id=run_id, seq=0, ts=1e9, kind="start", policy=fast)
-            await publish(admin, iter([start, *find_file_loop(run_id, 1, repeats=1)]))
-            await send_command(admin, run_id, Command(cmd="kill"))
-            await eventually(lambda: _with_status(admin, run_id, RunStatus.STOPPED), what="STOPPED after the kill")
-        kills = len(seen.commands)
-        async with running_worker(fresh_server, "second") as second:
-            await eventually(lambda: run_id in second.engine.windows, what="the new owner replayed the run")
-            await eventually(
-                lambda: second.engine.state(run_id).status is RunStatus.STOPPED, timeout=10, what="the kill applied"
-            )
-            await asyncio.sleep(0.5)
-            await admin.flush()
-            assert seen.commands[kills:] == [], "no command after the kill"
-            assert second.engine.state(run_id).stop_reason is StopReason.USER_KILLED
-    finally:
-        await admin.close()
+    seen = await watch(fresh_admin, run_id)
+    async with running_worker(fresh_server, "first"):
+        fast = Policy(stall_timeout_s=0.5, tool_timeout_s=0.5)
+        start = StepEvent(run_id=run_id, seq=0, ts=1e9, kind="start", policy=fast)
+        await publish(fresh_admin, iter([start, *find_file_loop(run_id, 1, repeats=1)]))
+        await send_command(fresh_admin, run_id, Command(cmd="kill"))
+        await eventually(lambda: _with_status(fresh_admin, run_id, RunStatus.STOPPED), what="STOPPED after the kill")
+    kills = len(seen.commands)
+    async with running_worker(fresh_server, "second") as second:
+        await eventually(lambda: run_id in second.engine.windows, what="the new owner replayed the run")
+        await eventually(
+            lambda: second.engine.state(run_id).status is RunStatus.STOPPED, timeout=10, what="the kill applied"
+        )
+        await asyncio.sleep(0.5)
+        await fresh_admin.flush()
+        assert seen.commands[kills:] == [], "no command after the kill"
+        assert second.engine.state(run_id).stop_reason is StopReason.USER_KILLED
 
 
 async def test_a_run_already_silent_before_a_takeover_is_not_given_a_fresh_timeout(
-    fresh_server: EmbeddedServer, run_id: str
+    fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str
 ) -> None:
     # Replayed history is seen when it happened: the silence before the new owner started counts.
-    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
-    await provision(admin)
-    seen = await watch(admin, run_id)
+    seen = await watch(fresh_admin, run_id)
     stall = 4.0
     start = StepEvent(run_id=run_id, seq=0, ts=1e9, kind="start", policy=Policy(stall_timeout_s=stall))
-    await publish(admin, iter([start, *find_file_loop(run_id, 1, repeats=1)]))
+    await publish(fresh_admin, iter([start, *find_file_loop(run_id, 1, repeats=1)]))
     await asyncio.sleep(stall + 0.5)  # the run falls silent while no worker is watching
     loop = asyncio.get_running_loop()
 
     def stall_warning() -> list[dict[str, object]]:
         return [e for e in seen.events if e.get("reason") == "TIMEOUT"]
 
-    try:
-        async with running_worker(fresh_server, "late") as worker:
-            started = loop.time()
-            warnings = await eventually(stall_warning, timeout=stall + 2, what="the stall warning")
-            took = loop.time() - started
-            assert took < stall / 2, f"the stall was found {took:.1f}s after the takeover: its clock restarted"
-            assert "no event for" in str(warnings[0]["evidence"])
-            assert worker.engine.state(run_id).status is RunStatus.RUNNING  # a warning first; the pause comes later
-    finally:
-        await admin.close()
+    async with running_worker(fresh_server, "late") as worker:
+        started = loop.time()
+        warnings = await eventually(stall_warning, timeout=stall + 2, what="the stall warning")
+        took = loop.time() - started
+        assert took < stall / 2, f"the stall was found {took:.1f}s after the takeover: its clock restarted"
+        assert "no event for" in str(warnings[0]["evidence"])
+        assert worker.engine.state(run_id).status is RunStatus.RUNNING  # a warning first; the pause comes later
 
 
 async def test_after_a_server_restart_a_quiet_partition_does_not_replay_old_steps(
@@ -554,145 +541,122 @@ async def _published_and_seen(admin: Client, worker: SupervisorWorker, run_id: s
 
 
 async def test_a_new_owner_catching_up_does_not_rewind_the_runs_it_replays(
-    fresh_server: EmbeddedServer, run_id: str
+    fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str
 ) -> None:
     # A new owner rebuilds a run's window step by step. Until it has replayed all of it, what it
     # knows is older than what the previous owner last wrote: rv_runs, status answers and warnings
     # must not go back in time (a stopped run shown RUNNING, a warning published again).
-    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
-    await provision(admin)
-    seen = await watch(admin, run_id)
-    try:
-        async with running_worker(fresh_server, "first") as first:
-            sent = await publish(admin, find_file_loop(run_id, 0, repeats=6))
-            await eventually(seen.stops, what="the stop")
-            await eventually(lambda: first.processed >= len(sent), what="the first worker read everything")
-        await eventually(lambda: _with_status(admin, run_id, RunStatus.STOPPED), what="STOPPED in rv_runs")
-        verdicts_before = list(seen.events)
-        kv = await admin.jetstream().key_value(subjects.RUNS_BUCKET)
-        watcher = await kv.watch(run_id, include_history=False)
-        written: list[RunState] = []
+    seen = await watch(fresh_admin, run_id)
+    async with running_worker(fresh_server, "first") as first:
+        sent = await publish(fresh_admin, find_file_loop(run_id, 0, repeats=6))
+        await eventually(seen.stops, what="the stop")
+        await eventually(lambda: first.processed >= len(sent), what="the first worker read everything")
+    await eventually(lambda: _with_status(fresh_admin, run_id, RunStatus.STOPPED), what="STOPPED in rv_runs")
+    verdicts_before = list(seen.events)
+    kv = await fresh_admin.jetstream().key_value(subjects.RUNS_BUCKET)
+    watcher = await kv.watch(run_id, include_history=False)
+    written: list[RunState] = []
 
-        async def collect() -> None:
-            async for entry in watcher:
-                if entry is not None and entry.value:
-                    written.append(codec.decode(RunState, entry.value))
+    async def collect() -> None:
+        async for entry in watcher:
+            if entry is not None and entry.value:
+                written.append(codec.decode(RunState, entry.value))
 
-        collecting = asyncio.create_task(collect())
-        answers: list[RunState] = []
+    collecting = asyncio.create_task(collect())
+    answers: list[RunState] = []
 
-        def slow_replay(worker: SupervisorWorker) -> None:
-            # After each replayed step: time for a flush, then the question an operator would ask.
-            judge = worker._step
+    def slow_replay(worker: SupervisorWorker) -> None:
+        # After each replayed step: time for a flush, then the question an operator would ask.
+        judge = worker._step
 
-            async def step(partition: int, msg: Msg, stored_at: float | None) -> None:
-                await judge(partition, msg, stored_at)
-                await asyncio.sleep(0.1)
-                state = await fetch_state(admin, run_id)
-                if state is not None:
-                    answers.append(state)
+        async def step(partition: int, msg: Msg, stored_at: float | None) -> None:
+            await judge(partition, msg, stored_at)
+            await asyncio.sleep(0.1)
+            state = await fetch_state(fresh_admin, run_id)
+            if state is not None:
+                answers.append(state)
 
-            worker._step = step  # type: ignore[method-assign]
+        worker._step = step  # type: ignore[method-assign]
 
-        async with running_worker(fresh_server, "second", before_start=slow_replay) as second:
-            await eventually(lambda: second.processed >= len(sent), what="the second worker caught up")
-            await asyncio.sleep(0.3)
-            assert second.engine.state(run_id).status is RunStatus.STOPPED
-        collecting.cancel()
-        await watcher.stop()  # type: ignore[no-untyped-call]
-        assert len(answers) == len(sent)
-        assert [s.status for s in answers if s.status is not RunStatus.STOPPED] == [], "status answers rewound"
-        assert written, "the state is written once the replay is complete"
-        assert [s.status for s in written if s.status is not RunStatus.STOPPED] == [], "rv_runs rewound"
-        assert seen.events == verdicts_before, "a verdict published again by the new owner"
-    finally:
-        await admin.close()
+    async with running_worker(fresh_server, "second", before_start=slow_replay) as second:
+        await eventually(lambda: second.processed >= len(sent), what="the second worker caught up")
+        await asyncio.sleep(0.3)
+        assert second.engine.state(run_id).status is RunStatus.STOPPED
+    collecting.cancel()
+    await watcher.stop()  # type: ignore[no-untyped-call]
+    assert len(answers) == len(sent)
+    assert [s.status for s in answers if s.status is not RunStatus.STOPPED] == [], "status answers rewound"
+    assert written, "the state is written once the replay is complete"
+    assert [s.status for s in written if s.status is not RunStatus.STOPPED] == [], "rv_runs rewound"
+    assert seen.events == verdicts_before, "a verdict published again by the new owner"
 
 
 async def test_a_worker_giving_a_partition_back_writes_its_runs_states_first(
-    fresh_server: EmbeddedServer, run_id: str
+    fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str
 ) -> None:
     # A worker that joins takes half the partitions; the one giving them back has states not yet
     # written (rv_runs is written once per flush period). The newcomer's catch-up reads rv_runs, and
     # so do operators: what the old owner knew must be there before the lease changes hands.
-    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
-    await provision(admin)
     given_back = next(r for r in (f"{run_id}-{i}" for i in range(1000)) if subjects.partition_of(r) >= 16)
-    seen = await watch(admin, given_back)
-    try:
-        async with running_worker(fresh_server, "old", flush_s=3600) as old:
-            await publish(admin, find_file_loop(given_back, 0, repeats=4))
-            await eventually(seen.stops, what="the stop")
-            assert await stored_state(admin, given_back) is None, "not written yet: the flush is hours away"
-            async with running_worker(fresh_server, "new", leases=16):
-                await eventually(lambda: len(old.leases.owned) == 16, what="the old worker gave half back")
-                state = await stored_state(admin, given_back)
-                assert state is not None
-                assert state.status is RunStatus.STOPPED
-    finally:
-        await admin.close()
+    seen = await watch(fresh_admin, given_back)
+    async with running_worker(fresh_server, "old", flush_s=3600) as old:
+        await publish(fresh_admin, find_file_loop(given_back, 0, repeats=4))
+        await eventually(seen.stops, what="the stop")
+        assert await stored_state(fresh_admin, given_back) is None, "not written yet: the flush is hours away"
+        async with running_worker(fresh_server, "new", leases=16):
+            await eventually(lambda: len(old.leases.owned) == 16, what="the old worker gave half back")
+            state = await stored_state(fresh_admin, given_back)
+            assert state is not None
+            assert state.status is RunStatus.STOPPED
 
 
 async def test_a_stop_is_not_lost_while_the_control_stream_is_unavailable(
-    fresh_server: EmbeddedServer, run_id: str
+    fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str
 ) -> None:
     # The stop is the whole point: if storing it fails (JetStream unavailable, the stream being
     # restored), the worker must keep trying, not mark the run decided and let the loop run on.
-    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
-    await provision(admin)
-    js = admin.jetstream()
-    try:
-        async with running_worker(fresh_server, "solo") as worker:
-            await js.delete_stream(subjects.CONTROL_STREAM)
-            await publish(admin, find_file_loop(run_id, 0, repeats=4))
-            await eventually(lambda: worker.engine.state(run_id).status is RunStatus.STOPPED, what="the decision")
-            await asyncio.sleep(0.5)  # a first attempt to store it fails meanwhile
-            await provision(admin)
-            stored = await eventually(lambda: last_stored_command(js, run_id), timeout=20, what="the stored stop")
-            assert stored.command.cmd == "stop"
-            assert stored.command.reason is StopReason.LOOP_DETECTED
-    finally:
-        await admin.close()
+    js = fresh_admin.jetstream()
+    async with running_worker(fresh_server, "solo") as worker:
+        await js.delete_stream(subjects.CONTROL_STREAM)
+        await publish(fresh_admin, find_file_loop(run_id, 0, repeats=4))
+        await eventually(lambda: worker.engine.state(run_id).status is RunStatus.STOPPED, what="the decision")
+        await asyncio.sleep(0.5)  # a first attempt to store it fails meanwhile
+        await provision(fresh_admin)
+        stored = await eventually(lambda: last_stored_command(js, run_id), timeout=20, what="the stored stop")
+        assert stored.command.cmd == "stop"
+        assert stored.command.reason is StopReason.LOOP_DETECTED
 
 
-async def test_a_state_that_could_not_be_written_is_written_later(fresh_server: EmbeddedServer, run_id: str) -> None:
+async def test_a_state_that_could_not_be_written_is_written_later(
+    fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str
+) -> None:
     # A stopped run sends nothing more: if writing its final state fails once, nothing would
     # write it again, and rv_runs would show it running for ever.
-    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
-    await provision(admin)
-    js = admin.jetstream()
-    try:
-        async with running_worker(fresh_server, "solo") as worker:
-            await js.delete_key_value(subjects.RUNS_BUCKET)
-            await publish(admin, find_file_loop(run_id, 0, repeats=4))
-            await eventually(lambda: worker.engine.state(run_id).status is RunStatus.STOPPED, what="the decision")
-            await asyncio.sleep(0.5)  # flushes fail meanwhile
-            await provision(admin)
-            state = await eventually(lambda: stored_state(admin, run_id), what="the state in rv_runs")
-            assert state.status is RunStatus.STOPPED
-    finally:
-        await admin.close()
+    js = fresh_admin.jetstream()
+    async with running_worker(fresh_server, "solo") as worker:
+        await js.delete_key_value(subjects.RUNS_BUCKET)
+        await publish(fresh_admin, find_file_loop(run_id, 0, repeats=4))
+        await eventually(lambda: worker.engine.state(run_id).status is RunStatus.STOPPED, what="the decision")
+        await asyncio.sleep(0.5)  # flushes fail meanwhile
+        await provision(fresh_admin)
+        state = await eventually(lambda: stored_state(fresh_admin, run_id), what="the state in rv_runs")
+        assert state.status is RunStatus.STOPPED
 
 
 async def test_a_decision_on_history_is_not_lost_while_the_control_stream_is_unavailable(
-    fresh_server: EmbeddedServer, run_id: str
+    fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str
 ) -> None:
     # A new owner reads a run's last stored command before deciding on replayed history; if that
     # read fails, the decision must wait for it, not vanish.
-    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
-    await provision(admin)
-    js = admin.jetstream()
-    await publish(admin, find_file_loop(run_id, 0, repeats=4))  # nobody watching yet
+    js = fresh_admin.jetstream()
+    await publish(fresh_admin, find_file_loop(run_id, 0, repeats=4))  # nobody watching yet
     await js.delete_stream(subjects.CONTROL_STREAM)
-    try:
-        async with running_worker(fresh_server, "late") as worker:
-            await eventually(lambda: worker.engine.state(run_id).status is RunStatus.STOPPED, what="the decision")
-            await asyncio.sleep(0.5)  # the read of the last command and a first store fail meanwhile
-            await provision(admin)
-            stored = await eventually(lambda: last_stored_command(js, run_id), timeout=20, what="the stored stop")
-            assert stored.command.cmd == "stop"
-    finally:
-        await admin.close()
+    async with running_worker(fresh_server, "late") as worker:
+        await eventually(lambda: worker.engine.state(run_id).status is RunStatus.STOPPED, what="the decision")
+        await asyncio.sleep(0.5)  # the read of the last command and a first store fail meanwhile
+        await provision(fresh_admin)
+        stored = await eventually(lambda: last_stored_command(js, run_id), timeout=20, what="the stored stop")
+        assert stored.command.cmd == "stop"
 
 
 def _spending(run_id: str, seq: int, cost: float) -> StepEvent:
@@ -700,77 +664,67 @@ def _spending(run_id: str, seq: int, cost: float) -> StepEvent:
 
 
 async def test_a_budget_and_its_policy_outlive_a_takeover_past_the_lookback(
-    fresh_server: EmbeddedServer, run_id: str
+    fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str
 ) -> None:
     # A run longer than the lookback: a new owner replays none of its start (its policy) nor of
     # what it spent so far. Its budget must not start again from zero under the default policy.
-    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
-    await provision(admin)
     budget = Policy(max_cost_usd=1.0)
     start = StepEvent(run_id=run_id, seq=1, ts=1e9, kind="start", task="spend wisely", policy=budget)
-    try:
-        async with running_worker(fresh_server, "first"):
-            await publish(admin, iter([start, _spending(run_id, 2, 0.7)]))
-            await eventually(lambda: _with_cost(admin, run_id, 0.7), what="0.7 spent, in rv_runs")
-        await asyncio.sleep(1.5)
-        async with running_worker(fresh_server, "second", lookback_s=1.0) as second:
-            seen = await watch(admin, run_id)
-            await publish(
-                admin, iter([_spending(run_id, 3, 0.2), _spending(run_id, 4, 0.2), _spending(run_id, 5, 0.1)])
-            )
-            stops = await eventually(seen.stops, what="the budget's stop from the new owner")
-            assert stops[0].reason is StopReason.BUDGET_EXCEEDED
-            assert stops[0].evidence is not None
-            assert "1.2 of 1 (policy max_cost_usd)" in stops[0].evidence.summary
-            state = second.engine.state(run_id)
-            assert (state.task, state.started_at, state.counters.steps) == ("spend wisely", 1e9, 0)
-            assert state.counters.tokens == 4 * 1010
-    finally:
-        await admin.close()
+    async with running_worker(fresh_server, "first"):
+        await publish(fresh_admin, iter([start, _spending(run_id, 2, 0.7)]))
+        await eventually(lambda: _with_cost(fresh_admin, run_id, 0.7), what="0.7 spent, in rv_runs")
+    await asyncio.sleep(1.5)
+    async with running_worker(fresh_server, "second", lookback_s=1.0) as second:
+        seen = await watch(fresh_admin, run_id)
+        await publish(
+            fresh_admin, iter([_spending(run_id, 3, 0.2), _spending(run_id, 4, 0.2), _spending(run_id, 5, 0.1)])
+        )
+        stops = await eventually(seen.stops, what="the budget's stop from the new owner")
+        assert stops[0].reason is StopReason.BUDGET_EXCEEDED
+        assert stops[0].evidence is not None
+        assert "1.2 of 1 (policy max_cost_usd)" in stops[0].evidence.summary
+        state = second.engine.state(run_id)
+        assert (state.task, state.started_at, state.counters.steps) == ("spend wisely", 1e9, 0)
+        assert state.counters.tokens == 4 * 1010
 
 
 async def test_an_evicted_run_that_comes_back_keeps_its_budget_and_a_stopped_one_stays_stopped(
-    fresh_server: EmbeddedServer, run_id: str
+    fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str
 ) -> None:
-    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
-    await provision(admin)
     stopped_run = f"{run_id}-stopped"
     budget = Policy(max_cost_usd=1.0, warn_first=False)
 
     def evict_soon(w: SupervisorWorker) -> None:
         w.idle_s = w.finished_s = 0.5
 
-    try:
-        async with running_worker(fresh_server, "solo", before_start=evict_soon) as worker:
-            seen = await watch(admin, run_id)
-            # Given a run that spent 0.7 of its 1.0 and went quiet long enough to be evicted,
-            start = StepEvent(run_id=run_id, seq=1, ts=1e9, kind="start", policy=budget)
-            await publish(admin, iter([start, _spending(run_id, 2, 0.7)]))
-            await eventually(lambda: _with_cost(admin, run_id, 0.7), what="0.7 spent, in rv_runs")
-            await eventually(lambda: run_id not in worker.engine.windows, what="the quiet run evicted")
-            # when it spends 0.4 more, that is over its budget: stopped.
-            await publish(admin, iter([_spending(run_id, 3, 0.4)]))
-            stops = await eventually(seen.stops, what="the stop of the run that came back")
-            assert stops[0].reason is StopReason.BUDGET_EXCEEDED
-            # A run stopped, evicted, and then heard from again (a step still in flight) stays stopped:
-            stopped_seen = await watch(admin, stopped_run)
-            start = StepEvent(run_id=stopped_run, seq=1, ts=1e9, kind="start", policy=budget)
-            await publish(admin, iter([start, _spending(stopped_run, 2, 1.5)]))
-            await eventually(lambda: _with_status(admin, stopped_run, RunStatus.STOPPED), what="STOPPED in rv_runs")
-            await eventually(lambda: stopped_run not in worker.engine.windows, what="the stopped run evicted")
-            await publish(admin, iter([_spending(stopped_run, 3, 0.1)]))
-            await eventually(lambda: stopped_run in worker.engine.windows, what="the late step judged")
-            assert worker.engine.state(stopped_run).status is RunStatus.STOPPED
-            await asyncio.sleep(0.3)  # a flush or two
-            stored = await stored_state(admin, stopped_run)
-            assert stored is not None
-            assert (stored.status, round(stored.counters.cost_usd, 9)) == (
-                RunStatus.STOPPED,
-                1.6,
-            )  # the late step spent too
-            assert len(stopped_seen.stops()) == 1, "never two stops for one run"
-    finally:
-        await admin.close()
+    async with running_worker(fresh_server, "solo", before_start=evict_soon) as worker:
+        seen = await watch(fresh_admin, run_id)
+        # Given a run that spent 0.7 of its 1.0 and went quiet long enough to be evicted,
+        start = StepEvent(run_id=run_id, seq=1, ts=1e9, kind="start", policy=budget)
+        await publish(fresh_admin, iter([start, _spending(run_id, 2, 0.7)]))
+        await eventually(lambda: _with_cost(fresh_admin, run_id, 0.7), what="0.7 spent, in rv_runs")
+        await eventually(lambda: run_id not in worker.engine.windows, what="the quiet run evicted")
+        # when it spends 0.4 more, that is over its budget: stopped.
+        await publish(fresh_admin, iter([_spending(run_id, 3, 0.4)]))
+        stops = await eventually(seen.stops, what="the stop of the run that came back")
+        assert stops[0].reason is StopReason.BUDGET_EXCEEDED
+        # A run stopped, evicted, and then heard from again (a step still in flight) stays stopped:
+        stopped_seen = await watch(fresh_admin, stopped_run)
+        start = StepEvent(run_id=stopped_run, seq=1, ts=1e9, kind="start", policy=budget)
+        await publish(fresh_admin, iter([start, _spending(stopped_run, 2, 1.5)]))
+        await eventually(lambda: _with_status(fresh_admin, stopped_run, RunStatus.STOPPED), what="STOPPED in rv_runs")
+        await eventually(lambda: stopped_run not in worker.engine.windows, what="the stopped run evicted")
+        await publish(fresh_admin, iter([_spending(stopped_run, 3, 0.1)]))
+        await eventually(lambda: stopped_run in worker.engine.windows, what="the late step judged")
+        assert worker.engine.state(stopped_run).status is RunStatus.STOPPED
+        await asyncio.sleep(0.3)  # a flush or two
+        stored = await stored_state(fresh_admin, stopped_run)
+        assert stored is not None
+        assert (stored.status, round(stored.counters.cost_usd, 9)) == (
+            RunStatus.STOPPED,
+            1.6,
+        )  # the late step spent too
+        assert len(stopped_seen.stops()) == 1, "never two stops for one run"
 
 
 async def _with_cost(nc: Client, run_id: str, cost: float) -> RunState | None:
@@ -779,55 +733,40 @@ async def _with_cost(nc: Client, run_id: str, cost: float) -> RunState | None:
 
 
 async def test_a_finished_run_leaves_memory_soon_and_its_status_is_still_answered(
-    fresh_server: EmbeddedServer, run_id: str
+    fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str
 ) -> None:
-    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
-    await provision(admin)
 
     def forget_finished_soon(w: SupervisorWorker) -> None:
         w.finished_s = 0.3
 
-    try:
-        async with running_worker(fresh_server, "solo", before_start=forget_finished_soon) as worker:
-            done = [*find_file_loop(run_id, 1, repeats=1)]
-            done.append(StepEvent(run_id=run_id, seq=4, ts=1e9 + 4, kind="final", observation="patch"))
-            await publish(admin, iter(done))
-            await eventually(lambda: _with_status(admin, run_id, RunStatus.COMPLETED), what="COMPLETED in rv_runs")
-            await eventually(lambda: run_id not in worker.engine.windows, what="the finished run forgotten")
-            reply = await admin.request(subjects.status(run_id), b"", timeout=5)  # the owner answers from rv_runs
-            state = codec.decode_json(RunState, reply.data)
-            assert (state.status, state.counters.tool_calls, state.last_seq) == (RunStatus.COMPLETED, 1, 4)
-            # An operator's command for the forgotten run changes its status, not what it did.
-            await send_command(admin, run_id, Command(cmd="kill", note="cleanup"))
-            killed = await eventually(lambda: _with_status(admin, run_id, RunStatus.STOPPED), what="the kill stored")
-            assert (killed.stop_reason, killed.counters.tool_calls, killed.counters.tokens) == (
-                StopReason.USER_KILLED, 1, 940,
-            )  # fmt: skip
-    finally:
-        await admin.close()
+    async with running_worker(fresh_server, "solo", before_start=forget_finished_soon) as worker:
+        done = [*find_file_loop(run_id, 1, repeats=1)]
+        done.append(StepEvent(run_id=run_id, seq=4, ts=1e9 + 4, kind="final", observation="patch"))
+        await publish(fresh_admin, iter(done))
+        await eventually(lambda: _with_status(fresh_admin, run_id, RunStatus.COMPLETED), what="COMPLETED in rv_runs")
+        await eventually(lambda: run_id not in worker.engine.windows, what="the finished run forgotten")
+        reply = await fresh_admin.request(subjects.status(run_id), b"", timeout=5)  # the owner answers from rv_runs
+        state = codec.decode_json(RunState, reply.data)
+        assert (state.status, state.counters.tool_calls, state.last_seq) == (RunStatus.COMPLETED, 1, 4)
+        # An operator's command for the forgotten run changes its status, not what it did.
+        await send_command(fresh_admin, run_id, Command(cmd="kill", note="cleanup"))
+        killed = await eventually(lambda: _with_status(fresh_admin, run_id, RunStatus.STOPPED), what="the kill stored")
+        assert (killed.stop_reason, killed.counters.tool_calls, killed.counters.tokens) == (
+            StopReason.USER_KILLED, 1, 940,
+        )  # fmt: skip
 
 
 async def test_a_worker_judges_runs_without_a_policy_by_its_policy_file(
-    fresh_server: EmbeddedServer, run_id: str, tmp_path: Path
+    fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str, tmp_path: Path
 ) -> None:
-    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
-    await provision(admin)
     policy_file = tmp_path / "policy.json"
     policy_file.write_text('{"max_cost_usd": 1.0, "warn_first": false}')
-    env = {
-        **os.environ,
-        "NATS_URL": fresh_server.url,
-        "RV_SUPERVISOR_PASSWORD": fresh_server.credentials.passwords["supervisor"],
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "actors.cli", "supervisor", "--id", "by-file", "--policy", str(policy_file), env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = await _spawn_worker(fresh_server, "by-file", "--policy", str(policy_file))
     try:
-        seen = await watch(admin, run_id)
-        await eventually(lambda: _all_owned_by(admin, "by-file"), timeout=20, what="the worker's leases")
+        seen = await watch(fresh_admin, run_id)
+        await eventually(lambda: _all_owned_by(fresh_admin, "by-file"), timeout=20, what="the worker's leases")
         start = StepEvent(run_id=run_id, seq=1, ts=1e9, kind="start", task="no policy of its own")
-        await publish(admin, iter([start, _spending(run_id, 2, 0.6), _spending(run_id, 3, 0.6)]))
+        await publish(fresh_admin, iter([start, _spending(run_id, 2, 0.6), _spending(run_id, 3, 0.6)]))
         stops = await eventually(seen.stops, what="the stop the file's budget asks for")
         assert stops[0].reason is StopReason.BUDGET_EXCEEDED
         assert stops[0].evidence is not None
@@ -839,7 +778,6 @@ async def test_a_worker_judges_runs_without_a_policy_by_its_policy_file(
         except TimeoutError:
             proc.kill()
             await proc.wait()
-        await admin.close()
 
 
 async def _all_owned_by(nc: Client, worker_id: str) -> bool:
