@@ -61,6 +61,26 @@ def is_refused_login(exc: BaseException) -> bool:
     return "authorization violation" in str(exc).lower()
 
 
+class Sparing:
+    """When a condition that lasts is worth a log line: at once, then at most every ``every_s``."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        #: ``time.monotonic()`` of the last line, None before the first (or after ``reset``).
+        self.logged_at: float | None = None
+
+    def due(self) -> bool:
+        """Whether to log now; if so, now counts as logged."""
+        now = time.monotonic()
+        if self.logged_at is not None and now - self.logged_at < self.every_s:
+            return False
+        self.logged_at = now
+        return True
+
+    def reset(self) -> None:
+        self.logged_at = None
+
+
 class _Unreachable:
     """Counts failed attempts to reach the server and logs them sparingly."""
 
@@ -69,28 +89,27 @@ class _Unreachable:
         self.name = name
         self.failures = 0
         self.last: BaseException | None = None
-        self._logged_at: float | None = None
+        self._sparing = Sparing(NOISE_EVERY_S)
         self._logged_failures = 0
 
     def failed(self, exc: BaseException) -> None:
         self.failures += 1
         self.last = exc
-        now = time.monotonic()
-        if self._logged_at is not None and now - self._logged_at < NOISE_EVERY_S:
+        previous = self._sparing.logged_at
+        if not self._sparing.due():
             return
-        if self._logged_at is None:
+        if previous is None:
             log.warning("%s: cannot reach NATS at %s (%s); trying again", self.name, self.url, _brief(exc))
         else:
             log.warning(
                 "%s: still cannot reach NATS at %s: %d failed attempts in %.0f s, the last: %s",
-                self.name, self.url, self.failures - self._logged_failures, now - self._logged_at, _brief(exc),
+                self.name, self.url, self.failures - self._logged_failures, time.monotonic() - previous, _brief(exc),
             )  # fmt: skip
-        self._logged_at = now
         self._logged_failures = self.failures
 
     def reset(self) -> None:
         self.failures = 0
-        self._logged_at = None
+        self._sparing.reset()
         self._logged_failures = 0
 
 

@@ -12,14 +12,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from nats.aio.client import Client
 
-from actors.connection import ConnectStoppedError, connect
+from actors.connection import ConnectStoppedError, Sparing, connect
 from actors.endpoint import Endpoint, Role
 from actors.server import is_not_provisioned, not_provisioned
 
@@ -49,19 +48,6 @@ def configure_logging(level: int | str = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-
-
-class _Waiting:
-    """Logs that an actor waits for its server's provisioning: at once, then every ``WAITING_LOG_EVERY_S``."""
-
-    def __init__(self) -> None:
-        self._logged_at: float | None = None
-
-    def log(self, why: Exception) -> None:
-        now = time.monotonic()
-        if self._logged_at is None or now - self._logged_at >= WAITING_LOG_EVERY_S:
-            log.warning("%s; waiting for it", why)
-            self._logged_at = now
 
 
 class Actor:
@@ -143,7 +129,7 @@ class Actor:
         )  # fmt: skip
 
     async def __aenter__(self) -> Self:
-        waiting = _Waiting()
+        waiting = Sparing(WAITING_LOG_EVERY_S)
         while True:
             if self._nc is None:
                 self._nc = await self._connect(self.name)
@@ -160,7 +146,8 @@ class Actor:
                     raise missing from exc
             # A long-lived actor started before the server was provisioned (a deployment rolling
             # out) waits for it, as it waits for the server to come up.
-            waiting.log(missing)
+            if waiting.due():
+                log.warning("%s; waiting for it", missing)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), PROVISIONING_POLL_S)
             if self.stopping.is_set():
