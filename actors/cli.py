@@ -168,6 +168,13 @@ def _parse(kind: type[_Number], text: str) -> _Number:
         raise argparse.ArgumentTypeError(f"not {'a whole number' if kind is int else 'a number'}: {text!r}") from None
 
 
+def _add_policy_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy", type=_policy_file, default=None, metavar="FILE",
+        help="default policy, a JSON object of Policy fields, for runs whose start event carries none",
+    )  # fmt: skip
+
+
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", type=Path, default=None, help="data dir (default $RUNVISOR_HOME or ~/.runvisor)")
     parser.add_argument("--port", type=_port, default=4222, help="client port (default 4222; 0 picks a free one)")
@@ -181,10 +188,7 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         help="also serve this ToolRegistry (repeatable), e.g. actors.sim:demo_tools",
     )  # fmt: skip
     parser.add_argument("--lease-ttl", type=_above_zero, default=DEFAULT_LEASE_TTL_S, help="lease TTL in seconds")
-    parser.add_argument(
-        "--policy", type=_policy_file, default=None, metavar="FILE",
-        help="default policy, a JSON object of Policy fields, for runs whose start event carries none",
-    )  # fmt: skip
+    _add_policy_option(parser)
 
 
 def _add_supervisor_options(parser: argparse.ArgumentParser) -> None:
@@ -201,10 +205,7 @@ def _add_supervisor_options(parser: argparse.ArgumentParser) -> None:
         "--idle", type=_above_zero, default=3600.0, metavar="S",
         help="forget runs silent this long (3600); their state stays in rv_runs and is recalled if they go on",
     )  # fmt: skip
-    parser.add_argument(
-        "--policy", type=_policy_file, default=None, metavar="FILE",
-        help="default policy, a JSON object of Policy fields, for runs whose start event carries none",
-    )  # fmt: skip
+    _add_policy_option(parser)
 
 
 async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
