@@ -59,7 +59,6 @@ class Followers:
         clock: wall clock (seconds).
         worker_id: for logs.
         """
-        self._js: JetStreamContext = nc.jetstream()
         self._nc = nc
         self._steps_js: JetStreamContext = steps_nc.jetstream()
         self._holds = holds
