@@ -11,7 +11,14 @@ is older than what the previous owner last said of them.
 
 While a partition's lease is stale (a renewal is late), its steps are held back, not
 judged and not dropped: a late renewal that goes through confirms the partition and they
-are judged in order; a lost lease discards them, and the next owner replays them.
+go back to the head of the queue, to be judged in order; a lost lease discards them, and the next owner replays them.
+
+Steps are judged by one task, apart from nats-py's delivery callbacks, and it hands the event
+loop back every ``SLICE_S``. A delivery callback does not yield while its queue is non-empty,
+and judging never waits on I/O, so judged inside the callbacks a catch-up held the loop for
+seconds at a time: lease renewals (on another connection, but the same loop) waited behind it,
+the leases expired, and the worker lost, retook and replayed every partition. Now a renewal
+waits one slice at most, however much is queued.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,6 +47,12 @@ log = logging.getLogger(__name__)
 CONSUMER_HEARTBEAT_S = 2.0
 #: Steps kept per partition while its lease is stale (a renewal is due within a third of the TTL).
 MAX_HELD_BACK = 100_000
+
+#: How long the judging task keeps the event loop before handing it back (seconds).
+SLICE_S = 0.005
+#: Steps delivered but not yet judged, over all partitions; past this, delivery waits (nats-py's own
+#: pending limits then apply, as they did before steps were queued here).
+MAX_QUEUED = 50_000
 
 #: Judges one step of a partition: (partition, message, when it was stored if it is history, else None).
 StepHandler = Callable[[int, Msg, float | None], Awaitable[None]]
@@ -71,8 +86,14 @@ class Followers:
         # that step is judged; then 0 (live). Absent while following is still being set up.
         self._history_until: dict[int, int] = {}
         self._held_back: dict[int, list[Msg]] = {}
-        self._releasing: set[int] = set()
         self._overflowed: set[int] = set()
+        # Delivered steps with the follow task that delivered them: a step of a consumer since
+        # replaced (the lease lost, then taken again) is not judged twice.
+        self._queue: deque[tuple[int, asyncio.Task[None] | None, Msg]] = deque()
+        self._queued = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._judging: asyncio.Task[None] | None = None
 
     def start(self, partition: int) -> None:
         """Follow ``partition`` from ``lookback_s`` back, in the background.
@@ -81,6 +102,8 @@ class Followers:
         partitions' catch-up; the lease round that gained the partition must not wait for it.
         """
         self._tasks[partition] = asyncio.create_task(self._follow(partition), name=f"follow-p{partition}")
+        if self._judging is None:
+            self._judging = asyncio.create_task(self._judge_queued(), name="judge-steps")
 
     async def stop(self, partition: int) -> None:
         """Stop following ``partition`` (its lease is gone); what was held back is dropped."""
@@ -94,18 +117,32 @@ class Followers:
                 await task
 
     def cancel_all(self) -> None:
-        """Stop every consumer at once, without waiting (the worker is failing)."""
+        """Stop every consumer and the judging at once, without waiting (the worker is failing)."""
         for task in self._tasks.values():
             task.cancel()
+        if self._judging is not None:
+            self._judging.cancel()
+
+    async def close(self) -> None:
+        """Stop judging (the worker has stopped); steps still queued are the next owner's to replay."""
+        judging, self._judging = self._judging, None
+        if judging is not None:
+            judging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await judging
+        self._queue.clear()
 
     def catching_up(self, partition: int) -> bool:
         """Whether ``partition`` is followed and the last step of its history is not judged yet."""
         return partition in self._tasks and self._history_until.get(partition) != 0
 
-    async def release_ready(self) -> None:
-        """Judge what was held back on partitions whose lease is fresh again (ones gone quiet since)."""
+    def release_ready(self) -> None:
+        """Queue what was held back on partitions whose lease is fresh again (ones gone quiet since).
+
+        Queued, not judged here: the lease round that calls this must not wait for a backlog.
+        """
         for partition in [p for p in self._held_back if self._holds(p)]:
-            await self._release(partition)
+            self._requeue(partition)
 
     # -- consumers ---------------------------------------------------------------------
 
@@ -126,7 +163,8 @@ class Followers:
                 config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
                 sub = await self._steps_js.subscribe(
                     subjects.partition_filter(partition), stream=subjects.STEPS_STREAM, ordered_consumer=True,
-                    config=config, cb=functools.partial(self._on_step, partition), idle_heartbeat=CONSUMER_HEARTBEAT_S,
+                    config=config, cb=functools.partial(self._deliver, partition, asyncio.current_task()),
+                    idle_heartbeat=CONSUMER_HEARTBEAT_S,
                 )  # fmt: skip
                 _resume_no_earlier_than(sub, start)
                 break
@@ -147,16 +185,44 @@ class Followers:
 
     # -- steps -------------------------------------------------------------------------
 
+    async def _deliver(self, partition: int, follower: asyncio.Task[None] | None, msg: Msg) -> None:
+        """nats-py's delivery callback: queue the step for the judging task, waiting while the queue is full."""
+        while len(self._queue) >= MAX_QUEUED:
+            self._room.clear()
+            await self._room.wait()
+        self._queue.append((partition, follower, msg))
+        self._queued.set()
+
+    async def _judge_queued(self) -> None:
+        """Judge delivered steps in order, one at a time, handing the loop back every ``SLICE_S``."""
+        queue = self._queue
+        slice_ends = 0.0
+        while True:
+            if not queue:
+                self._queued.clear()
+                await self._queued.wait()
+                slice_ends = time.perf_counter() + SLICE_S
+            partition, follower, msg = queue.popleft()
+            if len(queue) < MAX_QUEUED // 2 and not self._room.is_set():
+                self._room.set()
+            if follower is self._tasks.get(partition):  # else lost meanwhile: the next owner replays it
+                try:
+                    await self._on_step(partition, msg)
+                except Exception:  # one step's failure must not stop the judging of every partition
+                    log.exception("step on %s not judged", msg.subject, extra={"partition": partition})
+            if time.perf_counter() >= slice_ends:
+                await asyncio.sleep(0)
+                slice_ends = time.perf_counter() + SLICE_S
+
     async def _on_step(self, partition: int, msg: Msg) -> None:
-        if partition not in self._tasks:
-            return  # lost: a step still queued as its consumer goes; the next owner replays it
-        if not self._holds(partition):
-            self._hold_back(partition, msg)  # stale: not ours to judge now, nor to drop
-        elif partition in self._held_back:
-            self._hold_back(partition, msg)  # behind the ones already waiting, to keep the order
-            await self._release(partition)
-        else:
+        if self._holds(partition) and partition not in self._held_back:
             await self._judge(partition, msg)
+            return
+        # Stale: not ours to judge now, nor to drop. Or fresh again, with steps still held back:
+        # this one goes behind them, to keep the order.
+        self._hold_back(partition, msg)
+        if self._holds(partition):
+            self._requeue(partition)
 
     async def _judge(self, partition: int, msg: Msg) -> None:
         """Hand one step to the worker, saying when it was stored if it is history.
@@ -185,24 +251,15 @@ class Followers:
             self._overflowed.add(partition)
             log.warning("partition %d: over %d steps held back; dropping more", partition, MAX_HELD_BACK)
 
-    async def _release(self, partition: int) -> None:
-        """Judge the steps held back while the lease was stale, in order, now that it is fresh again."""
-        if partition in self._releasing:
-            return  # the task already at it also takes what was just added
-        self._releasing.add(partition)
-        try:
-            while held := self._held_back.get(partition):
-                self._held_back[partition] = []
-                for i, msg in enumerate(held):
-                    if not self._holds(partition):  # stale again, or lost meanwhile
-                        if partition in self._tasks:
-                            self._held_back[partition] = held[i:] + self._held_back[partition]
-                        return
-                    await self._judge(partition, msg)
-            self._held_back.pop(partition, None)
-            self._overflowed.discard(partition)
-        finally:
-            self._releasing.discard(partition)
+    def _requeue(self, partition: int) -> None:
+        """Put the steps held back on ``partition`` at the head of the queue, in order, for judging now
+        that its lease is fresh again (steps queued meanwhile are all later ones)."""
+        held = self._held_back.pop(partition, [])
+        self._overflowed.discard(partition)
+        follower = self._tasks.get(partition)
+        self._queue.extendleft((partition, follower, msg) for msg in reversed(held))
+        if held:
+            self._queued.set()
 
 
 async def direct_get_step(nc: Client, request: dict[str, str]) -> Msg | None:
@@ -250,4 +307,12 @@ def _resume_no_earlier_than(sub: Any, start: int) -> None:
         jsi._sseq = start - 1
 
 
-__all__ = ["CONSUMER_HEARTBEAT_S", "MAX_HELD_BACK", "Followers", "direct_get_step", "stream_position"]
+__all__ = [
+    "CONSUMER_HEARTBEAT_S",
+    "MAX_HELD_BACK",
+    "MAX_QUEUED",
+    "SLICE_S",
+    "Followers",
+    "direct_get_step",
+    "stream_position",
+]

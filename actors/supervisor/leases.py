@@ -12,7 +12,6 @@ can have taken it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -21,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from actors._kv import latest_values
@@ -33,6 +32,9 @@ log = logging.getLogger(__name__)
 VALIDITY = 0.8
 
 PartitionHook = Callable[[int], Awaitable[None]]
+
+#: JetStream's error codes for a write whose expected last revision did not match.
+_WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
 @dataclass
@@ -98,9 +100,17 @@ class Leases:
                      extra={"worker": self.worker_id})  # fmt: skip
 
     async def release_all(self) -> None:
-        """Give every lease back (graceful stop), so others take over without waiting for the TTL."""
+        """Give every lease back (graceful stop), so others take over without waiting for the TTL.
+
+        One partition whose hand-over fails does not keep the others: each failure is logged, and
+        a lease not given back expires with the TTL.
+        """
         for partition in self.owned:
-            await self._release(partition)
+            try:
+                await self._release(partition)
+            except Exception as exc:
+                log.warning("lease not given back cleanly: %s", exc,
+                            extra={"partition": partition, "worker": self.worker_id})  # fmt: skip
         try:
             await self.kv.delete(subjects.member_key(self.worker_id))
         except Exception as exc:  # best effort: the TTL expires it anyway
@@ -134,19 +144,28 @@ class Leases:
             held.renewed_at = started
 
     async def _acquire(self, target: int) -> None:
-        for partition in preference(self.worker_id, self.partitions):
-            if len(self._held) >= target:
-                return
-            if partition in self._held:
-                continue
-            started = self.clock()
-            try:
-                revision = await self.kv.create(subjects.lease_key(partition), self._value)
-            except KeyWrongLastSequenceError:
-                continue  # held by a live worker
-            self._held[partition] = _Held(revision, started)
-            log.debug("lease taken", extra={"partition": partition, "worker": self.worker_id})
-            await self.on_gain(partition)
+        """Take free partitions up to ``target``, trying as many at once as are missing.
+
+        One at a time, taking 32 partitions under load took seconds, and the first ones taken
+        expired before the round that renews them came.
+        """
+        candidates = [p for p in preference(self.worker_id, self.partitions) if p not in self._held]
+        while candidates and (missing := target - len(self._held)) > 0:
+            batch, candidates = candidates[:missing], candidates[missing:]
+            for partition in await asyncio.gather(*(self._take(partition) for partition in batch)):
+                if partition is not None:
+                    await self.on_gain(partition)
+
+    async def _take(self, partition: int) -> int | None:
+        """Create the lease on ``partition``; None when a live worker holds it."""
+        started = self.clock()
+        try:
+            revision = await self.kv.create(subjects.lease_key(partition), self._value)
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            return None  # held by a live worker (or given back and expired while nats-py retried)
+        self._held[partition] = _Held(revision, started)
+        log.debug("lease taken", extra={"partition": partition, "worker": self.worker_id})
+        return partition
 
     async def _release(self, partition: int) -> None:
         held = self._held.get(partition)
@@ -158,9 +177,15 @@ class Leases:
             await self.on_lose(partition)
         finally:
             self._held.pop(partition, None)
-        # Already expired or taken by someone else: nothing to give back.
-        with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError, KeyDeletedError):
+        try:
             await self.kv.delete(subjects.lease_key(partition), last=held.revision)
+        except (KeyNotFoundError, KeyDeletedError, KeyWrongLastSequenceError):
+            pass  # already expired or taken: nothing to give back
+        except APIError as exc:
+            # nats-py turns a failed compare-and-set into KeyWrongLastSequenceError for update() and
+            # create() but not for delete(): the lease is someone else's now, nothing to give back.
+            if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                raise
         log.debug("lease released", extra={"partition": partition, "worker": self.worker_id})
 
     async def _drop(self, partition: int) -> None:

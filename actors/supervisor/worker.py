@@ -158,6 +158,7 @@ class SupervisorWorker(Actor):
         await self.decisions.drain()
         await self._flush()
         await self.leases.release_all()
+        await self.followers.close()
         log.info("supervisor stopped; leases released", extra={"worker": self.worker_id})
 
     async def on_failure(self, exc: BaseException) -> None:
@@ -186,7 +187,7 @@ class SupervisorWorker(Actor):
 
     async def _lease_round(self) -> None:
         await self.leases.round()
-        await self.followers.release_ready()
+        self.followers.release_ready()
 
     async def _gain(self, partition: int) -> None:
         self.followers.start(partition)

@@ -15,12 +15,14 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from actors.agent import Run
 from actors.connection import connect
 from actors.control import last_stored_command
 from actors.operator import fetch_state, send_command, stored_state
 from actors.server import EmbeddedServer, provision
+from actors.supervisor.leases import Leases
 from actors.supervisor.worker import SupervisorWorker
 from actors.testing import eventually
 from bench.synth import SynthConfig, generate
@@ -230,6 +232,33 @@ async def test_steps_that_arrive_while_a_renewal_is_late_are_kept_not_dropped(
     window = await eventually(lambda: worker.engine.windows.get(run_id), what="the held-back steps processed")
     await eventually(lambda: window.events == len(sent), what="every held-back step in the window")
     assert window.last_seq == sent[-1].seq
+
+
+async def test_a_lease_taken_over_before_it_is_given_back_is_no_crash(fresh_admin: Client) -> None:
+    # Given a worker holding three partitions, one of which another worker took meanwhile (the
+    # worker paused past the TTL, say): the compare-and-set of giving it back fails.
+    js = fresh_admin.jetstream()
+    kv = await js.key_value(subjects.LEASES_BUCKET)
+    gained: list[int] = []
+
+    async def on_gain(partition: int) -> None:
+        gained.append(partition)
+
+    async def on_lose(partition: int) -> None:
+        del partition
+
+    leases = Leases(js, kv, "w-cas", partitions=3, ttl_s=30, on_gain=on_gain, on_lose=on_lose)
+    await leases.round()
+    assert sorted(gained) == [0, 1, 2]
+    await kv.put(subjects.lease_key(1), b"w-other")
+    # When it stops and gives every lease back, the failed one is no crash, and the others are still
+    # given back.
+    await leases.release_all()
+    assert leases.owned == []
+    assert (await kv.get(subjects.lease_key(1))).value == b"w-other", "the other worker's lease stays"
+    for partition in (0, 2):
+        with pytest.raises((KeyNotFoundError, KeyDeletedError)):
+            await kv.get(subjects.lease_key(partition))
 
 
 # --- several worker processes -----------------------------------------------------------
