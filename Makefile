@@ -7,10 +7,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv test demo lint bench clean
 
+# setuptools warns on every editable install that a folder named like the package may shadow it
+# (here by design: runvisor/ is the package); the wheel build is warning-free (tests/integration/test_wheel.py).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -17,8 +17,8 @@ import time
 import tracemalloc
 from typing import Any
 
-from actors.supervisor import Engine
-from protocols.messages import StepEvent
+from runvisor.actors.supervisor.detection import Engine
+from runvisor.protocols.messages import StepEvent
 
 
 def _events(run: int, action: int) -> list[StepEvent]:

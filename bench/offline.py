@@ -24,10 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from actors.supervisor import Engine
 from bench.traffic import read_events
-from protocols import codec
-from protocols.messages import StepEvent, Verdict
+from runvisor.actors.supervisor.detection import Engine
+from runvisor.protocols import codec
+from runvisor.protocols.messages import StepEvent, Verdict
 
 DEFAULT_STEPS = Path("../shared/traces/dev.steps.jsonl")
 

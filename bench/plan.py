@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.messages import Command, StepEvent
+from runvisor.protocols.messages import Command, StepEvent
 
 MAX_RUN_ID = 128
 

@@ -27,13 +27,13 @@ from pathlib import Path
 import nats.errors
 from nats.aio.msg import Msg
 
-from actors.connection import connect
-from actors.endpoint import Endpoint, EndpointError
-from actors.runtime import run_main
-from actors.server import ServerError
 from bench.traffic import TrafficError, TrafficWriter, traffic_format
-from protocols import codec, subjects
-from protocols.messages import StepEvent
+from runvisor.actors.connection import connect
+from runvisor.actors.endpoint import Endpoint
+from runvisor.actors.runtime import run_main
+from runvisor.errors import EndpointError, ServerError
+from runvisor.protocols import codec, subjects
+from runvisor.protocols.messages import StepEvent
 
 log = logging.getLogger("bench.record")
 

@@ -41,14 +41,14 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from actors.connection import connect
-from actors.endpoint import Endpoint
-from actors.server import EmbeddedServer, provision
 from bench.plan import Latencies, Namespace, at_rate, decision_record, paced, percentiles, renamed
 from bench.traffic import read_events
-from protocols import codec, subjects
-from protocols.codec import DecodeError
-from protocols.messages import StepEvent
+from runvisor.actors.connection import connect
+from runvisor.actors.endpoint import Endpoint
+from runvisor.actors.server import EmbeddedServer, provision
+from runvisor.protocols import codec, subjects
+from runvisor.protocols.codec import DecodeError
+from runvisor.protocols.messages import StepEvent
 
 
 class Progress:
@@ -117,7 +117,7 @@ class Workers:
                 await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    "actors.cli",
+                    "runvisor.actors.cli",
                     "supervisor",
                     "--id",
                     f"bench-{nonce}-{i}",

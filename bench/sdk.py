@@ -24,13 +24,13 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from actors.agent import Run
-from actors.connection import connect
-from actors.server import EmbeddedServer, provision
-from actors.tools import ToolExecutor, ToolRegistry
 from bench.plan import percentiles
-from protocols import codec, subjects
-from protocols.messages import Checkpoint, StepEvent, ToolRequest
+from runvisor.actors.agent import Run
+from runvisor.actors.connection import connect
+from runvisor.actors.server import EmbeddedServer, provision
+from runvisor.actors.tools import ToolExecutor, ToolRegistry
+from runvisor.protocols import codec, subjects
+from runvisor.protocols.messages import Checkpoint, StepEvent, ToolRequest
 
 bench_tools = ToolRegistry()
 

@@ -36,8 +36,8 @@ from bench._synth_shapes import LOOP_SHAPES, LOOPS, hidden_failures, retry_storm
 from bench._synth_tokens import HEAVY, MODELS, Tokens, budget_limit
 from bench._synth_workspace import Action, Workspace, clip
 from bench.traffic import TrafficError, TrafficWriter, traffic_format
-from protocols import codec
-from protocols.messages import StepEvent
+from runvisor.protocols import codec
+from runvisor.protocols.messages import StepEvent
 
 KINDS = ("healthy", "loop", "stall", "retry_storm", "hidden_failure", "budget")
 DEFAULT_MIX = "healthy=0.7,loop=0.1,stall=0.05,retry_storm=0.05,hidden_failure=0.05,budget=0.05"

@@ -7,7 +7,7 @@ Two formats, chosen by the file's suffix:
   the bytes the agents publish.
 
 Both are streamed: a file of any size is read one record at a time. Records are validated
-with :func:`protocols.codec.from_obj` and written with :mod:`protocols.codec`, so the files
+with :func:`runvisor.protocols.codec.from_obj` and written with :mod:`runvisor.protocols.codec`, so the files
 follow the wire contract exactly (optional fields left out, unknown fields ignored).
 
 ::
@@ -30,8 +30,8 @@ from typing import IO, Any, Literal, cast
 
 import msgpack
 
-from protocols import codec
-from protocols.messages import StepEvent
+from runvisor.protocols import codec
+from runvisor.protocols.messages import StepEvent
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client
 
-from actors.connection import connect
-from actors.endpoint import Role
-from actors.server import EmbeddedServer, provision
+from runvisor.actors.connection import connect
+from runvisor.actors.endpoint import Role
+from runvisor.actors.server import EmbeddedServer, provision
 
 
 @pytest_asyncio.fixture(scope="session")

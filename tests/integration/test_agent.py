@@ -1,6 +1,6 @@
 """The agent's ``Run`` handle against a real nats-server, with the agent role's credentials.
 
-A tiny in-test tool executor stands in for ``actors.tools``: it serves one tool in its queue
+A tiny in-test tool executor stands in for ``runvisor.actors.tools``: it serves one tool in its queue
 group as the ``tool`` role, and (like the real one) returns the recorded result for an
 idempotency key it has already executed.
 """
@@ -23,14 +23,14 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 
-from actors.agent import Run, RunError, RunKilled, RunNotFound, RunNotResumable, RunStopped
-from actors.connection import connect
-from actors.operator import send_command
-from actors.server import EmbeddedServer
-from actors.testing import eventually
-from protocols import codec, subjects
-from protocols.messages import Checkpoint, Command, Evidence, Policy, StepEvent, ToolRequest, ToolResult
-from protocols.reasons import RunStatus, StopReason
+from runvisor.actors.agent import Run, RunError, RunKilled, RunNotFound, RunNotResumable, RunStopped
+from runvisor.actors.connection import connect
+from runvisor.actors.operator import send_command
+from runvisor.actors.server import EmbeddedServer
+from runvisor.protocols import codec, subjects
+from runvisor.protocols.messages import Checkpoint, Command, Evidence, Policy, StepEvent, ToolRequest, ToolResult
+from runvisor.protocols.reasons import RunStatus, StopReason
+from runvisor.testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -368,7 +368,7 @@ async def test_supervisor_stop_raises_run_stopped_with_reason_and_evidence(
 async def test_undecodable_command_is_ignored(
     agent_nc: Client, operator: Client, run_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="actors.agent")
+    caplog.set_level(logging.WARNING, logger="runvisor.actors.agent")
     async with Run.start(goal="g", run_id=run_id, nc=agent_nc) as run:
         await operator.publish(subjects.ctl(run_id), b"\xc1\x00 not a command")
         await operator.publish(subjects.ctl(run_id), b"frobnicate now")
@@ -382,7 +382,7 @@ async def test_undecodable_command_is_ignored(
 AGENT_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
-    from actors.agent import Run
+    from runvisor.actors.agent import Run
 
     async def main() -> None:
         async with Run.start(goal="crash me", run_id=sys.argv[1], agent="doomed") as run:

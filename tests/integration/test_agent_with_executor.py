@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from actors.agent import Run
-from actors.connection import connect
-from actors.server import EmbeddedServer
-from actors.testing import eventually
-from actors.tools import ToolExecutor, ToolRegistry
+from runvisor.actors.agent import Run
+from runvisor.actors.connection import connect
+from runvisor.actors.server import EmbeddedServer
+from runvisor.actors.tools import ToolExecutor, ToolRegistry
+from runvisor.testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 AGENT = textwrap.dedent(
     """
     import asyncio, sys
-    from actors.agent import Run
+    from runvisor.actors.agent import Run
 
     async def main() -> None:
         async with Run.start(goal="charge the card", run_id=sys.argv[1], agent="doomed") as run:

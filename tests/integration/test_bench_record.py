@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from actors.connection import connect
-from actors.endpoint import password_env
-from actors.server import EmbeddedServer
 from bench.traffic import read_events
-from protocols import codec, subjects
-from protocols.messages import StepEvent
+from runvisor.actors.connection import connect
+from runvisor.actors.endpoint import password_env
+from runvisor.actors.server import EmbeddedServer
+from runvisor.protocols import codec, subjects
+from runvisor.protocols.messages import StepEvent
 
 pytestmark = pytest.mark.integration
 

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from actors.agent import ConnectError, Run
-from actors.connection import ConnectStoppedError, connect
-from actors.endpoint import Endpoint
-from actors.server import EmbeddedServer, NotProvisionedError, free_port, provision
-from actors.testing import eventually
-from protocols import subjects
+from runvisor.actors.agent import ConnectError, Run
+from runvisor.actors.connection import ConnectStoppedError, connect
+from runvisor.actors.endpoint import Endpoint
+from runvisor.actors.server import EmbeddedServer, free_port, provision
+from runvisor.errors import NotProvisionedError
+from runvisor.protocols import subjects
+from runvisor.testing import eventually
 
 
 def _env(server: EmbeddedServer, **extra: str) -> dict[str, str]:
@@ -29,7 +30,7 @@ def _env(server: EmbeddedServer, **extra: str) -> dict[str, str]:
 
 async def _start(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "actors.cli", *args, env=env,
+        sys.executable, "-m", "runvisor.actors.cli", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
 
@@ -169,7 +170,7 @@ async def test_connect_stops_trying_when_told_to(caplog: pytest.LogCaptureFixtur
     url = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(1.5, stop.set)
-    with caplog.at_level(logging.WARNING, logger="actors.connection"), pytest.raises(ConnectStoppedError):
+    with caplog.at_level(logging.WARNING, logger="runvisor.actors.connection"), pytest.raises(ConnectStoppedError):
         await connect(Endpoint(url=url), "t-stop", give_up_after_s=None, stop=stop, reconnect_time_wait=0.1)
     # About fifteen attempts in 1.5 s, one line about them.
     lines = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
@@ -188,7 +189,7 @@ async def test_a_lost_server_is_one_log_line_while_it_is_away(
         reconnect_time_wait=0.1,
     )
     try:
-        with caplog.at_level(logging.INFO, logger="actors.connection"):
+        with caplog.at_level(logging.INFO, logger="runvisor.actors.connection"):
             # Given a connection whose server goes away for two seconds (twenty failed reconnections),
             await fresh_server.stop()
             await asyncio.sleep(2)

@@ -6,14 +6,14 @@ import asyncio
 
 import pytest
 
-from actors.demo import run_demo
+from runvisor.actors.demo import run_demo
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.timeout(120)
 async def test_demo_catches_every_failure_mode(capsys: pytest.CaptureFixture[str]) -> None:
-    # Given a private server, a supervisor, a tool executor and the scripted agents of actors.sim,
+    # Given a private server, a supervisor, a tool executor and the scripted agents of runvisor.actors.sim,
     status = await run_demo(asyncio.Event())
     out = capsys.readouterr().out
     # then each run ended as expected, with the reason and evidence an operator needs.

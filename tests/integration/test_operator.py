@@ -6,10 +6,10 @@ import asyncio
 
 from nats.aio.client import Client
 
-from actors._kv import latest_values
-from actors.operator import list_states
-from protocols import codec, subjects
-from protocols.messages import Counters, RunState
+from runvisor.actors.operator import list_states
+from runvisor.actors.streams._bucket import latest_values
+from runvisor.protocols import codec, subjects
+from runvisor.protocols.messages import Counters, RunState
 
 
 async def test_list_states_reads_every_run_newest_first_and_skips_what_is_not_a_state(fresh_admin: Client) -> None:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from nats.aio.msg import Msg
 
-from actors.runtime import Actor
-from actors.server import EmbeddedServer
-from actors.testing import eventually
+from runvisor.actors.runtime import Actor
+from runvisor.actors.server import EmbeddedServer
+from runvisor.testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +74,7 @@ async def test_a_crashing_loop_runs_on_failure_not_on_stop(server: EmbeddedServe
 
 
 async def _ask(server: EmbeddedServer, subject: str) -> bytes:
-    from actors.connection import connect  # noqa: PLC0415
+    from runvisor.actors.connection import connect  # noqa: PLC0415
 
     nc = await connect(server.endpoint("operator"), "t")
     try:
@@ -87,7 +87,7 @@ async def test_runvisor_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -
     env = {**os.environ, "RUNVISOR_HOME": str(tmp_path)}
     env.pop("NATS_URL", None)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "actors.cli", "up", "--port", "0", "--monitor-port", "0",
+        sys.executable, "-m", "runvisor.actors.cli", "up", "--port", "0", "--monitor-port", "0",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -128,7 +128,7 @@ async def test_runvisor_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -
 
 async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "actors.cli", *args, env=env,
+        sys.executable, "-m", "runvisor.actors.cli", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 30)

@@ -12,13 +12,14 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from actors.connection import connect
-from actors.endpoint import Role
-from actors.server import EmbeddedServer, ServerError, provision
-from actors.testing import eventually
-from protocols import codec, subjects
-from protocols.messages import Command, StepEvent
-from protocols.reasons import StopReason
+from runvisor.actors.connection import connect
+from runvisor.actors.endpoint import Role
+from runvisor.actors.server import EmbeddedServer, provision
+from runvisor.errors import ConnectError, ServerError
+from runvisor.protocols import codec, subjects
+from runvisor.protocols.messages import Command, StepEvent
+from runvisor.protocols.reasons import StopReason
+from runvisor.testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -202,7 +203,7 @@ async def test_wrong_password_is_an_authorization_violation(server: EmbeddedServ
     endpoint = server.endpoint("operator")
     bad = type(endpoint)(url=endpoint.url, user="operator", password="wrong")
     # Refused at once, though the client may otherwise keep trying: a wrong password never gets right.
-    with pytest.raises(ServerError, match=r"refused the login .*Authorization Violation"):
+    with pytest.raises(ConnectError, match=r"refused the login .*Authorization Violation"):
         await connect(bad, "t-bad", give_up_after_s=None, max_reconnect_attempts=-1)
 
 

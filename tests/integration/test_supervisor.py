@@ -17,19 +17,19 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
-from actors.agent import Run
-from actors.connection import connect
-from actors.control import last_stored_command
-from actors.operator import fetch_state, send_command, stored_state
-from actors.server import EmbeddedServer, provision
-from actors.supervisor.leases import Leases
-from actors.supervisor.worker import SupervisorWorker
-from actors.testing import eventually
 from bench.synth import SynthConfig, generate
-from protocols import codec, subjects
-from protocols.messages import Command, RunState, StepEvent
-from protocols.policy import Policy
-from protocols.reasons import RunStatus, StopReason
+from runvisor.actors.agent import Run
+from runvisor.actors.connection import connect
+from runvisor.actors.operator import fetch_state, send_command, stored_state
+from runvisor.actors.server import EmbeddedServer, provision
+from runvisor.actors.streams.control import last_stored_command
+from runvisor.actors.supervisor.leases import Leases
+from runvisor.actors.supervisor.worker import SupervisorWorker
+from runvisor.protocols import codec, subjects
+from runvisor.protocols.messages import Command, RunState, StepEvent
+from runvisor.protocols.policy import Policy
+from runvisor.protocols.reasons import RunStatus, StopReason
+from runvisor.testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -272,7 +272,7 @@ async def _spawn_worker(server: EmbeddedServer, worker_id: str, *options: str) -
         "RUNVISOR_LOG": "WARNING",
     }
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "actors.cli", "supervisor", "--id", worker_id, *options, env=env,
+        sys.executable, "-m", "runvisor.actors.cli", "supervisor", "--id", worker_id, *options, env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
 

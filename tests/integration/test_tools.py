@@ -14,16 +14,16 @@ import pytest_asyncio
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 
-from actors._tools_kv import Claim, ResultStore
-from actors.connection import connect
-from actors.retry import BackoffPolicy, BreakerPolicy, BreakerState, BreakerStatus, BudgetPolicy, ToolPolicy
-from actors.retry.errors import TransientError
-from actors.server import EmbeddedServer
-from actors.testing import eventually
-from actors.tools import ToolExecutor, ToolRegistry, kv_key
-from protocols import codec, subjects
-from protocols.messages import StepEvent, ToolRequest, ToolResult
-from protocols.reasons import StopReason
+from runvisor.actors.connection import connect
+from runvisor.actors.retry import BackoffPolicy, BreakerPolicy, BreakerState, BreakerStatus, BudgetPolicy, ToolPolicy
+from runvisor.actors.server import EmbeddedServer
+from runvisor.actors.tools import ToolExecutor, ToolRegistry, kv_key
+from runvisor.actors.tools._kv import Claim, ResultStore
+from runvisor.errors import TransientError
+from runvisor.protocols import codec, subjects
+from runvisor.protocols.messages import StepEvent, ToolRequest, ToolResult
+from runvisor.protocols.reasons import StopReason
+from runvisor.testing import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from actors._agent_commands import Controls, describe, stop_reason
-from protocols.messages import Command, Evidence
-from protocols.reasons import StopReason
+from runvisor.actors.agent._commands import Controls, stop_reason
+from runvisor.protocols.messages import Command, Evidence
+from runvisor.protocols.reasons import StopReason
 
 
 def test_pause_then_resume_returns_to_running() -> None:
@@ -50,5 +50,5 @@ def test_stop_carries_its_reason_and_is_described_with_evidence() -> None:
     controls.apply(stop)
     assert not controls.killed
     assert stop_reason(stop) == StopReason.LOOP_DETECTED
-    assert describe(stop) == "stop by supervisor LOOP_DETECTED (x6 same call)"
+    assert stop.describe() == "stop by supervisor LOOP_DETECTED (x6 same call)"
     assert stop_reason(Command(cmd="kill")) == StopReason.USER_KILLED

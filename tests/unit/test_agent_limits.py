@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors._agent_limits import args_digest, clip, fits, step_args
-from actors._agent_store import pack_state, unpack_state
-from protocols.messages import MAX_ARGS_CHARS, MAX_OBSERVATION_CHARS, StepEvent
+from runvisor.actors.agent._limits import args_digest, clip, fits, step_args
+from runvisor.actors.agent._store import pack_state, unpack_state
+from runvisor.protocols.messages import MAX_ARGS_CHARS, MAX_OBSERVATION_CHARS, StepEvent
 
 
 @given(st.text(max_size=300), st.integers(min_value=60, max_value=200))

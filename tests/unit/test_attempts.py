@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.retry import (
+from runvisor.actors.retry import (
     Admission,
     Backoff,
     Breaker,
@@ -26,7 +26,7 @@ from actors.retry import (
     is_retryable,
     plan,
 )
-from protocols.reasons import StopReason
+from runvisor.protocols.reasons import StopReason
 
 HALF = Backoff(1.0, 2.0, 30.0, rng=lambda: 0.5)
 

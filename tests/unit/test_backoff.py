@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.retry import Backoff, BackoffPolicy
+from runvisor.actors.retry import Backoff, BackoffPolicy
 
 
 def test_ceiling_grows_exponentially_until_the_cap() -> None:

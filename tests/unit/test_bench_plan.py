@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench.plan import Latencies, Namespace, at_rate, decision_record, paced, percentiles, renamed
-from protocols.messages import Command, Evidence, StepEvent
-from protocols.reasons import StopReason
+from runvisor.protocols.messages import Command, Evidence, StepEvent
+from runvisor.protocols.reasons import StopReason
 
 
 def ev(run: str, seq: int, ts: float) -> StepEvent:

@@ -12,7 +12,7 @@ import pytest
 
 from bench.synth import KINDS, LOOP_SHAPES, RunLabel, SynthConfig, generate, main, parse_mix
 from bench.traffic import read_events
-from protocols.messages import StepEvent
+from runvisor.protocols.messages import StepEvent
 
 MIX = dict.fromkeys(KINDS, 1.0)
 

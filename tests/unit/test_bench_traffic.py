@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.traffic import TrafficError, TrafficReader, TrafficWriter, read_events, traffic_format
-from protocols.messages import StepEvent
+from runvisor.protocols.messages import StepEvent
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".msgpack", ".msgpack.gz")
 # Any text but lone surrogates, which no UTF-8 encoder accepts; line and paragraph separators included.

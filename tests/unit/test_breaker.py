@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from actors.retry import Admission, Breaker, BreakerPolicy, BreakerState, BreakerStatus
+from runvisor.actors.retry import Admission, Breaker, BreakerPolicy, BreakerState, BreakerStatus
 
 POLICY = BreakerPolicy(window=10, failure_rate=0.5, min_calls=4, open_s=30.0, half_open_probes=2)
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.retry import DefaultClassifier, Failure, FailureClassifier, ToolPolicy, classify
+from runvisor.actors.retry import DefaultClassifier, Failure, FailureClassifier, ToolPolicy, classify
 
 
 def error_type(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.cli import _parser, main
+from runvisor.actors.cli import _parser, main
 
 
 @pytest.mark.parametrize(

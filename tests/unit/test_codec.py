@@ -14,9 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from protocols import codec
-from protocols.codec import DecodeError
-from protocols.messages import (
+from runvisor.protocols import codec
+from runvisor.protocols.codec import DecodeError
+from runvisor.protocols.messages import (
     MAX_ARGS_CHARS,
     MAX_OBSERVATION_CHARS,
     Checkpoint,
@@ -31,7 +31,7 @@ from protocols.messages import (
     ToolResult,
     Verdict,
 )
-from protocols.reasons import RunStatus, StopReason
+from runvisor.protocols.reasons import RunStatus, StopReason
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.supervisor import (
+from runvisor.actors.supervisor.detection import (
     Budget,
     ConsecutiveFailures,
     Cycle,
@@ -24,13 +24,13 @@ from actors.supervisor import (
     check_stall,
     is_hidden_failure,
 )
-from actors.supervisor._negative import _NOTHING, negative_key, says_nothing
-from actors.supervisor.classify import content_required
-from actors.supervisor.detectors import ACTION_DETECTORS, Recurrence
-from actors.supervisor.window import NAVIGATION_TOOLS
-from protocols.messages import StepEvent
-from protocols.policy import Policy
-from protocols.reasons import StopReason
+from runvisor.actors.supervisor.detection._negative import _NOTHING, negative_key, says_nothing
+from runvisor.actors.supervisor.detection.classify import content_required
+from runvisor.actors.supervisor.detection.detectors import ACTION_DETECTORS, Recurrence
+from runvisor.actors.supervisor.detection.window import NAVIGATION_TOOLS
+from runvisor.protocols.messages import StepEvent
+from runvisor.protocols.policy import Policy
+from runvisor.protocols.reasons import StopReason
 
 POLICY = Policy()
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.endpoint import ROLES, Credentials, Endpoint, EndpointError
+from runvisor.actors.endpoint import ROLES, Credentials, Endpoint
+from runvisor.errors import EndpointError
 
 
 def test_credentials_are_generated_once_with_mode_0600(tmp_path: Path) -> None:

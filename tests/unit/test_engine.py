@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from actors.supervisor import Engine
-from protocols.codec import from_obj
-from protocols.messages import Command, StepEvent, Verdict, heartbeat_args
-from protocols.policy import Policy
-from protocols.reasons import RunStatus, StopReason
+from runvisor.actors.supervisor.detection import Engine
+from runvisor.protocols.codec import from_obj
+from runvisor.protocols.messages import Command, StepEvent, Verdict, heartbeat_args
+from runvisor.protocols.policy import Policy
+from runvisor.protocols.reasons import RunStatus, StopReason
 
 TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "traces"
 

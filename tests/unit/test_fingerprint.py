@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.supervisor import (
+from runvisor.actors.supervisor.detection import (
     action_digest,
     fingerprint,
     hamming,
@@ -17,7 +17,7 @@ from actors.supervisor import (
     observation_digest,
     simhash,
 )
-from actors.supervisor.fingerprint import _normalize, digest, observation_fingerprint, short
+from runvisor.actors.supervisor.detection.fingerprint import _normalize, digest, observation_fingerprint, short
 
 _VOLATILE = st.text(alphabet="0123456789abcdefx:-./ tmpline\n\tTZ", max_size=80)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from actors.supervisor._follow import stream_position
+from runvisor.actors.supervisor._follow import stream_position
 
 
 def test_the_classic_reply_subject() -> None:

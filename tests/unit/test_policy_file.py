@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocols.policy import Policy, parse_policy
+from runvisor.protocols.policy import Policy, parse_policy
 
 
 def test_a_file_sets_the_fields_it_names_and_the_others_keep_their_defaults() -> None:

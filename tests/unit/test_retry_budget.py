@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.retry import BudgetPolicy, RetryBudget, withdraw_all
+from runvisor.actors.retry import BudgetPolicy, RetryBudget, withdraw_all
 
 
 class FakeClock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocols import subjects
+from runvisor.protocols import subjects
 
 
 def test_builders_put_the_run_id_in_the_last_token() -> None:

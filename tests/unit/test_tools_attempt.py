@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from actors._tools_attempt import failure, retry_events, run_once
-from actors._tools_registry import Tool
-from actors.retry import DefaultClassifier, Failure, Outcome, ToolPolicy
-from actors.retry.errors import TransientError
-from protocols.messages import ToolRequest
-from protocols.reasons import StopReason
+from runvisor.actors.retry import DefaultClassifier, Failure, Outcome, ToolPolicy
+from runvisor.actors.tools._attempt import failure, retry_events, run_once
+from runvisor.actors.tools._registry import Tool
+from runvisor.errors import TransientError
+from runvisor.protocols.messages import ToolRequest
+from runvisor.protocols.reasons import StopReason
 
 
 def make_tool(fn: object, classifier: object = None) -> Tool:

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from actors._tools_registry import Tool, ToolRegistry, clip, kv_key, observation_text
-from actors.retry import DefaultClassifier, Failure, ToolPolicy
-from protocols.messages import MAX_OBSERVATION_CHARS, ToolResult
+from runvisor.actors.retry import DefaultClassifier, Failure, ToolPolicy
+from runvisor.actors.tools._registry import Tool, ToolRegistry, clip, kv_key, observation_text
+from runvisor.protocols.messages import MAX_OBSERVATION_CHARS, ToolResult
 
 _VALID_KV_KEY = re.compile(r"^[-/_=\.a-zA-Z0-9]+$")  # nats-py's rule
 

@@ -1,0 +1,1 @@
+"""The processes: the actor base, the embedded server, and one package per role (agent, tools, supervisor)."""

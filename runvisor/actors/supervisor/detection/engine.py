@@ -1,0 +1,328 @@
+"""`Engine`: every run's window, the detectors, and the grading of their findings (DESIGN §4, §5).
+
+Grading, per run and per reason, from the run's :class:`Policy`:
+
+* with ``warn_first`` a "warn" verdict comes first: when a pattern is one step short of its
+  threshold (detectors asked with ``slack=1``), or else at the first finding; the finding
+  at the threshold after a warning (one more repeat, or the same finding again later)
+  gets the policy's action severity ("pause" or "stop"). Thresholds in the policy are
+  therefore where the engine acts, as their descriptions say;
+* a reason acts at most once per run: a paused run is not paused again for the same
+  reason, because the operator decides what happens next;
+* after a "stop" the run is finished for the engine: never two stops for one run;
+* a ``final`` event completes the run.
+
+The engine does no I/O and reads no clock: callers pass ``now`` (the supervisor's
+clock), so the NATS worker, the offline bench and the tests drive it the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from runvisor.actors.supervisor.detection.detectors import ACTION_DETECTORS, Budget, Detector
+from runvisor.actors.supervisor.detection.stall import StallTimers, check_stall, next_deadline
+from runvisor.actors.supervisor.detection.window import RunWindow
+from runvisor.protocols.messages import Command, Counters, RunState, StepEvent, Verdict, heartbeat_status
+from runvisor.protocols.policy import Policy, Severity
+from runvisor.protocols.reasons import RunStatus, StopReason
+
+log = logging.getLogger(__name__)
+
+_BUDGET = Budget()
+#: One bit per reason: a window's ``warned`` and ``acted`` are masks of these (a set costs 216 bytes a run).
+_BIT: dict[str, int] = {reason: 1 << k for k, reason in enumerate(StopReason)}
+
+
+def action_severity(policy: Policy, reason: StopReason) -> Severity:
+    """The severity the policy assigns to a confirmed finding of ``reason``."""
+    if reason is StopReason.LOOP_DETECTED:
+        return policy.loop_action
+    if reason is StopReason.NO_PROGRESS:
+        return policy.progress_action
+    if reason is StopReason.TIMEOUT:
+        return policy.stall_action
+    if reason is StopReason.BUDGET_EXCEEDED:
+        return policy.budget_action
+    return policy.failure_action
+
+
+class Engine:
+    """Pure supervision logic for many runs: feed events and clock ticks, get verdicts."""
+
+    def __init__(self, policy: Policy | None = None, detectors: tuple[Detector, ...] = ACTION_DETECTORS) -> None:
+        """Create an engine.
+
+        Args:
+            policy: the default policy for runs whose ``start`` event carries none.
+            detectors: the action detectors, in priority order.
+        """
+        self.policy = policy or Policy()
+        self.detectors = detectors
+        self.windows: dict[str, RunWindow] = {}
+        self.timers = StallTimers()
+
+    def observe(self, event: StepEvent, now: float) -> list[Verdict]:
+        """Fold one step event into its run's window and return the graded verdicts it causes.
+
+        Args:
+            event: the next event of a run (runs may begin mid-way, without ``start``).
+            now: the supervisor's clock at arrival.
+
+        Returns:
+            Zero or more verdicts: warnings, and at most one action per reason.
+        """
+        window = self.windows.get(event.run_id)
+        if window is None or (event.kind == "start" and window.finished):
+            window = RunWindow(event.run_id, event.policy or self.policy)
+            self.windows[event.run_id] = window
+        elif event.kind == "start" and event.policy is not None and window.n == 0:
+            window.set_policy(event.policy)
+        if event.kind == "heartbeat":
+            said = heartbeat_status(event)
+            if said is not None:
+                self._agent_says(window, *said)
+        elif window.paused:
+            # Activity after a pause: the run was resumed, or (from our SDK) a step still in
+            # flight when the pause was sent; the SDK's PAUSED heartbeat then says so again.
+            window.paused = False
+        acted = window.observe(event, now)
+        if window.finished:
+            self.timers.schedule(event.run_id, None)
+            return []
+        policy = window.policy
+        # Findings by reason, in the order graded; a confirmed finding replaces (and moves
+        # behind) an early one of the same reason.
+        findings: dict[str, tuple[Verdict, bool]] = {}
+        # A budget is a hard figure with no early stage (slack changes nothing): asked once.
+        self._run(_BUDGET, window, policy, findings, early=False)
+        if acted:
+            run = self._run
+            for detector in self.detectors:
+                run(detector, window, policy, findings)
+        verdicts = self._grade(window, findings.values(), now) if findings else []
+        self.timers.schedule(event.run_id, next_deadline(window, policy))
+        return verdicts
+
+    def recall(self, run_id: str, start: StepEvent | None, stored: RunState | None, now: float) -> None:
+        """Rebuild what a run first seen mid-way no longer shows, before its next event is observed.
+
+        A takeover whose replay began after the run's start, or a run back after its eviction,
+        would otherwise be judged from zero under the default policy: its budgets would start
+        again, and a stopped run heard from again would be judged anew.
+
+        Args:
+            run_id: the run, not yet in a window.
+            start: its first stored event; when it is the ``start`` event, it gives the policy.
+            stored: its state in ``rv_runs`` (see ``RunWindow.restore``).
+            now: the supervisor's clock.
+        """
+        if run_id in self.windows:
+            return
+        if start is not None and start.kind == "start" and start.run_id == run_id:
+            self.observe(start, now)
+        if stored is None:
+            return
+        window = self.windows.get(run_id)
+        if window is None:
+            window = self.windows[run_id] = RunWindow(run_id, self.policy)
+            window.last_seen = now
+        window.restore(stored)
+        self.timers.schedule(run_id, None if window.finished else next_deadline(window, window.policy))
+
+    @staticmethod
+    def _agent_says(window: RunWindow, status: RunStatus, reason: StopReason | None) -> None:
+        """Take the state an agent reports in a heartbeat (see ``heartbeat_args``); a stop stays a stop."""
+        if window.stopped:
+            return
+        if status is RunStatus.PAUSED:
+            window.paused = True
+            window.stop_reason = reason or window.stop_reason or StopReason.USER_PAUSED
+        elif status is RunStatus.RUNNING and window.paused:
+            window.paused = False
+            window.stop_reason = None
+
+    @staticmethod
+    def _run(
+        detector: Detector,
+        window: RunWindow,
+        policy: Policy,
+        findings: dict[str, tuple[Verdict, bool]],
+        early: bool = True,
+    ) -> None:
+        """Ask one detector, at its threshold and, when a warning is still due, one step before it.
+
+        Detectors are monotone in ``slack``: a finding at the threshold is also one a step
+        before it. So when a warning is due the early question goes first, and its usual
+        answer (nothing) settles both: one call per detector on most actions, not two.
+        """
+        reason = detector.reason
+        bit = _BIT[reason]
+        if window.acted & bit:
+            return
+        found = findings.get(reason)
+        if found is not None and found[1]:
+            return
+        if early and policy.warn_first and not window.warned & bit and found is None:
+            warning = detector.check(window, policy, slack=1)
+            if warning is None:
+                return
+            verdict = detector.check(window, policy)
+            findings[reason] = (warning, False) if verdict is None else (verdict, True)
+            return
+        verdict = detector.check(window, policy)
+        if verdict is not None:
+            findings.pop(reason, None)
+            findings[reason] = (verdict, True)
+
+    def tick(self, now: float) -> list[Verdict]:
+        """Check the runs whose stall deadline has passed; call it periodically.
+
+        Args:
+            now: the supervisor's clock.
+
+        Returns:
+            Graded TIMEOUT verdicts.
+        """
+        out: list[Verdict] = []
+        for run_id in self.timers.due(now):
+            window = self.windows.get(run_id)
+            if window is None or window.finished:
+                continue
+            policy = window.policy
+            verdict = check_stall(window, policy, now)
+            if verdict is not None:
+                out.extend(self._grade(window, [(verdict, True)], now))
+                # Confirmation needs another full period of silence, not the next tick.
+                window.snooze_until = now + min(policy.stall_timeout_s, policy.tool_timeout_s)
+            self.timers.schedule(run_id, next_deadline(window, policy))
+        return out
+
+    def evict_idle(
+        self, now: float, idle_s: float, finished_s: float | None = None, keep: Callable[[str], bool] | None = None
+    ) -> list[str]:
+        """Forget runs with no event for ``idle_s`` seconds, and finished ones (stopped or
+        completed) after ``finished_s`` (default ``idle_s``); never one that ``keep`` names (its
+        state not written yet). A forgotten run that goes on is recalled (see :meth:`recall`).
+
+        Returns:
+            The evicted run ids.
+        """
+        done_s = idle_s if finished_s is None else finished_s
+        gone = [
+            run_id
+            for run_id, w in self.windows.items()
+            if now - w.last_seen >= (done_s if w.finished else idle_s) and (keep is None or not keep(run_id))
+        ]
+        for run_id in gone:
+            del self.windows[run_id]
+            self.timers.schedule(run_id, None)
+        return gone
+
+    def forget(self, run_ids: Iterable[str]) -> None:
+        """Drop runs this worker no longer owns (a lost partition); their timers go too."""
+        for run_id in list(run_ids):
+            self.windows.pop(run_id, None)
+            self.timers.schedule(run_id, None)
+
+    def apply_command(self, run_id: str, command: Command, now: float) -> None:
+        """Reflect a control command (from an operator or a supervisor) in the run's state.
+
+        ``pause`` marks the run paused (stall checks hold off), ``resume`` clears that unless
+        the run was stopped, and ``kill``/``stop`` finish it: a killed run never continues.
+        """
+        window = self.windows.get(run_id)
+        if window is None:
+            window = RunWindow(run_id, self.policy)
+            window.last_seen = now
+            self.windows[run_id] = window
+        if command.cmd == "pause":
+            window.paused = True
+            window.stop_reason = command.reason or StopReason.USER_PAUSED
+        elif command.cmd == "resume":
+            if not window.stopped:
+                window.paused = False
+                window.stop_reason = None
+                window.last_seen = now  # the silence clock restarts with the resumed run
+        else:
+            window.stopped = True
+            window.paused = False
+            window.stop_reason = command.reason or StopReason.USER_KILLED
+        self.timers.schedule(run_id, next_deadline(window, window.policy))
+
+    def state(self, run_id: str) -> RunState:
+        """The run's live state with counters; a bare RUNNING state for an unknown run."""
+        w = self.windows.get(run_id)
+        if w is None:
+            return RunState(run_id=run_id)
+        if w.stopped:
+            status = RunStatus.STOPPED
+        elif w.completed:
+            status = RunStatus.COMPLETED
+        elif w.paused:
+            status = RunStatus.PAUSED
+        else:
+            status = RunStatus.RUNNING
+        return RunState(
+            run_id=run_id,
+            status=status,
+            stop_reason=StopReason(w.stop_reason) if w.stop_reason else None,
+            task=w.task,
+            agent=w.agent,
+            last_seq=w.last_seq,
+            last_kind=w.last_kind,
+            current_tool=w.current_tool,
+            counters=Counters(
+                steps=w.steps,
+                tokens=w.tokens,
+                cost_usd=w.cost_usd,
+                tool_calls=w.tool_calls,
+                retries=w.retries,
+                errors=w.errors,
+            ),
+            progress=w.progress,
+            started_at=w.first_ts or 0.0,
+            updated_at=w.last_ts,
+            last_verdict=w.last_verdict,
+        )
+
+    def _grade(self, window: RunWindow, findings: Iterable[tuple[Verdict, bool]], now: float) -> list[Verdict]:
+        out: list[Verdict] = []
+        policy = window.policy
+        for verdict, confirmed in findings:
+            reason = verdict.reason
+            bit = _BIT[reason]
+            if window.acted & bit:
+                continue
+            if not confirmed or (policy.warn_first and not window.warned & bit):
+                if window.warned & bit:
+                    continue  # one early warning per reason is enough
+                window.warned |= bit
+                severity: Severity = "warn"
+            else:
+                severity = action_severity(policy, reason)
+                window.acted |= bit
+            graded = verdict.model_copy(update={"severity": severity, "ts": now})
+            out.append(graded)
+            window.last_verdict = graded
+            log.info(
+                "verdict run_id=%s reason=%s severity=%s seq=%s %s",
+                window.run_id,
+                reason,
+                severity,
+                graded.at_seq,
+                graded.evidence.summary,
+            )
+            if severity == "stop":
+                window.stopped = True
+                window.stop_reason = reason
+                self.timers.schedule(window.run_id, None)
+                break
+            if severity == "pause":
+                window.paused = True
+                window.stop_reason = reason
+        return out
+
+
+__all__ = ["Engine", "action_severity"]

@@ -1,0 +1,368 @@
+"""The supervisor worker: leases partitions, follows their steps, decides and commands (DESIGN §3, §4).
+
+For each partition it holds, the worker follows ``RV_STEPS`` from ``lookback_s`` back
+(:class:`Followers`, on a connection of its own), so a new owner rebuilds its runs' windows
+from the stream.
+
+Each event goes through the pure :class:`Engine`; what it decides goes out through
+:class:`Decisions` (verdicts on ``rv.event.<run>``, a confirmed pause or stop stored in
+``RV_CONTROL`` once). The worker keeps ``rv_runs`` current (coalesced: a dirty run is written
+at most once per ``flush_s``), answers ``rv.status.<run>`` for the runs it owns, and follows
+operator commands on ``rv.ctl.*``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+from nats.js.kv import KeyValue
+
+from runvisor.actors.endpoint import Endpoint
+from runvisor.actors.runtime import Actor
+from runvisor.actors.streams.runs import read_state
+from runvisor.actors.streams.steps import direct_get_step
+from runvisor.actors.supervisor._decide import Decisions
+from runvisor.actors.supervisor._follow import Followers
+from runvisor.actors.supervisor.detection.engine import Engine
+from runvisor.actors.supervisor.leases import Leases
+from runvisor.protocols import codec, subjects
+from runvisor.protocols.codec import DecodeError
+from runvisor.protocols.messages import RunState, StepEvent
+from runvisor.protocols.policy import Policy
+
+log = logging.getLogger(__name__)
+
+#: How long a write to ``rv_runs`` may wait for its acknowledgement before it is retried.
+WRITE_TIMEOUT_S = 5.0
+#: How long a stopped or completed run stays in memory after its last event (its state is in
+#: ``rv_runs``): memory follows the runs that are active, not every run of the last hour.
+FINISHED_S = 60.0
+
+
+class SupervisorWorker(Actor):
+    """One supervisor process; run several side by side and they share the partitions."""
+
+    role = "supervisor"
+
+    def __init__(
+        self, endpoint: Endpoint | None = None, *, nc: Any = None, worker_id: str | None = None,
+        partitions: int | None = None, lease_ttl_s: float | None = None,
+        lookback_s: float = 900.0, idle_s: float = 3600.0, finished_s: float = FINISHED_S, flush_s: float = 1.0,
+        tick_s: float = 1.0,
+        policy: Policy | None = None, clock: Callable[[], float] = time.time,
+    ) -> None:  # fmt: skip
+        """Args:
+        endpoint: where to connect (the supervisor role); discovered when None.
+        nc: an existing connection instead.
+        worker_id: this worker's name in ``rv_leases`` (default: a random one).
+        partitions: P; by default read from ``RV_STEPS``'s partition transform, so workers always
+            agree with the stream.
+        lease_ttl_s: lease lifetime; by default the ``rv_leases`` bucket's TTL, which is what
+            actually expires a dead worker's keys. Leases are renewed every third of it.
+        lookback_s: how far back a new owner replays a partition to rebuild windows.
+        idle_s: runs silent this long are evicted from memory (their state stays in ``rv_runs``).
+        finished_s: stopped and completed runs are evicted this long after their last event, once
+            their state is written (a late step recalls them from ``rv_runs``).
+        flush_s: how often dirty run states are written to ``rv_runs`` (once a second by default:
+            ``rv_runs`` is the view that outlives the worker; ``rv.status`` answers live).
+        tick_s: how often silent stalls are checked.
+        policy: the default policy for runs whose start event carries none.
+        clock: wall clock (seconds), shared with event timestamps.
+        """
+        super().__init__(endpoint, nc=nc, name=f"supervisor-{worker_id or ''}".rstrip("-"))
+        self.worker_id = subjects.check_token(worker_id or uuid.uuid4().hex[:12], "worker id")
+        self.name = f"supervisor-{self.worker_id}"
+        self.partitions = partitions or subjects.DEFAULT_PARTITIONS
+        self._partitions_given = partitions is not None
+        self.lease_ttl_s = lease_ttl_s
+        self.lookback_s = lookback_s
+        self.idle_s = idle_s
+        self.finished_s = finished_s
+        self.flush_s = flush_s
+        self.tick_s = tick_s
+        self.clock = clock
+        self.engine = Engine(policy)
+        self.processed = 0
+        self.first_at: float | None = None  # wall clock of the first and latest processed event
+        self.last_at = 0.0
+        self._reported = 0
+        self._dirty: set[str] = set()
+        self._writing: set[str] = set()  # states sent to rv_runs, not yet acknowledged
+        self._decisions: Decisions | None = None
+        self._js: JetStreamContext | None = None
+        self._followers: Followers | None = None
+        self._runs_kv: KeyValue | None = None
+        self._leases: Leases | None = None
+
+    @property
+    def leases(self) -> Leases:
+        assert self._leases is not None, "the worker is not started"
+        return self._leases
+
+    @property
+    def decisions(self) -> Decisions:
+        assert self._decisions is not None, "the worker is not started"
+        return self._decisions
+
+    @property
+    def commands_sent(self) -> int:
+        return self._decisions.commands_sent if self._decisions is not None else 0
+
+    def owns(self, run_id: str) -> bool:
+        return self.leases.holds(subjects.partition_of(run_id, self.partitions))
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        self._js = self.nc.jetstream()
+        steps_nc = await self.connect_more("steps")
+        self._runs_kv = await self._js.key_value(subjects.RUNS_BUCKET)
+        lease_kv = await self._js.key_value(subjects.LEASES_BUCKET)
+        if not self._partitions_given:
+            steps = (await self._js.stream_info(subjects.STEPS_STREAM)).config
+            self.partitions = subjects.partitions_in(steps) or self.partitions
+        if self.lease_ttl_s is None:
+            bucket_ttl = (await self._js.stream_info(f"KV_{subjects.LEASES_BUCKET}")).config.max_age
+            self.lease_ttl_s = bucket_ttl or subjects.DEFAULT_LEASE_TTL_S
+        self._leases = Leases(
+            self._js, lease_kv, self.worker_id, self.partitions, self.lease_ttl_s, self._gain, self._lose,
+            time.monotonic,
+        )  # fmt: skip
+        self._decisions = Decisions(
+            self.nc, self._js, self.engine, self.owns, self._stored_state, self.stopping, self.clock, self.worker_id
+        )
+        self._followers = Followers(
+            self.nc, steps_nc, self.leases.holds, self._step, self.lookback_s, self.clock, self.worker_id
+        )
+        await self.nc.subscribe(subjects.CTL_ALL, cb=self._on_command)
+        await self.nc.subscribe(subjects.STATUS_ALL, cb=self._on_status)
+        await self.leases.round()
+        log.info("supervisor started with partitions %s", self.leases.owned, extra={"worker": self.worker_id})
+
+    def loops(self) -> list[Coroutine[Any, Any, None]]:
+        return [
+            self._every(self.leases.ttl_s / 3, self._lease_round),
+            self._every(self.tick_s, self._tick),
+            self._every(self.flush_s, self._flush),
+        ]
+
+    async def on_stop(self) -> None:
+        await self.decisions.drain()
+        await self._flush()
+        await self.leases.release_all()
+        await self.followers.close()
+        log.info("supervisor stopped; leases released", extra={"worker": self.worker_id})
+
+    async def on_failure(self, exc: BaseException) -> None:
+        # The leases are left to expire: the crash may be the connection. Following stops with us.
+        if self._followers is not None:
+            self._followers.cancel_all()
+        if self._decisions is not None:
+            self._decisions.cancel()
+        await super().on_failure(exc)
+
+    async def _every(self, period: float, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        while not self.stopping.is_set():
+            try:
+                await work()
+            except Exception as exc:  # a failed round is retried next period, never fatal
+                log.warning("%s failed: %s", work.__name__, exc, extra={"worker": self.worker_id})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), period)
+
+    # -- partitions --------------------------------------------------------------------
+
+    @property
+    def followers(self) -> Followers:
+        assert self._followers is not None, "the worker is not started"
+        return self._followers
+
+    async def _lease_round(self) -> None:
+        await self.leases.round()
+        self.followers.release_ready()
+
+    async def _gain(self, partition: int) -> None:
+        self.followers.start(partition)
+
+    async def _lose(self, partition: int) -> None:
+        # A lease given back is still held while this runs (see ``Leases``): the states the next
+        # owner will read are written first, unless this worker's own view was still incomplete.
+        complete = not self.followers.catching_up(partition)
+        await self.followers.stop(partition)
+        gone = [run for run in self.engine.windows if subjects.partition_of(run, self.partitions) == partition]
+        if complete and self.leases.holds(partition):
+            await self._write_states([run for run in gone if run in self._dirty])
+        self.engine.forget(gone)
+        self._dirty.difference_update(gone)
+
+    # -- events ------------------------------------------------------------------------
+
+    async def _step(self, partition: int, msg: Msg, stored_at: float | None) -> None:
+        """Judge one step; ``stored_at`` (epoch seconds) is given for history (see ``Followers``)."""
+        try:
+            event = codec.decode(StepEvent, msg.data)
+        except DecodeError as exc:
+            log.warning("undecodable step on %s: %s", msg.subject, exc, extra={"partition": partition})
+            return
+        self.processed += 1
+        now = self.last_at = self.clock()
+        if self.first_at is None:
+            self.first_at = now
+        if event.seq > 1 and event.kind != "start" and event.run_id not in self.engine.windows:
+            await self._recall(partition, event.run_id, now)
+        # History is seen when it happened: a run already silent before a takeover is not
+        # given a fresh stall timeout by being replayed.
+        verdicts = self.engine.observe(event, now if stored_at is None else min(now, stored_at))
+        self._dirty.add(event.run_id)
+        if verdicts:
+            for verdict in verdicts:
+                await self.decisions.decide(verdict, stored_at)
+            self._dirty.add(event.run_id)  # a stored command may have been applied meanwhile
+
+    async def _recall(self, partition: int, run_id: str, now: float) -> None:
+        """Before judging a run first seen mid-way, recall its policy from its ``start`` event in
+        ``RV_STEPS`` and what it spent, and how it ended, from ``rv_runs`` (see ``Engine.recall``)."""
+        try:
+            first = await direct_get_step(self.nc, {"next_by_subj": subjects.stored_step(partition, run_id)})
+            stored = await self._stored_state(run_id)
+        except Exception as exc:  # judged from here on, as before there was anything to recall
+            log.warning("cannot recall run %s: %s", run_id, exc, extra={"worker": self.worker_id})
+            return
+        try:
+            start = codec.decode(StepEvent, first.data) if first is not None else None
+        except DecodeError:
+            start = None  # an undecodable first step gives no policy; the stored state still counts
+        self.engine.recall(run_id, start, stored, now)
+
+    async def _tick(self) -> None:
+        now = self.clock()
+        for verdict in self.engine.tick(now):
+            if self.owns(verdict.run_id):
+                self._dirty.add(verdict.run_id)
+                await self.decisions.decide(verdict, from_clock=True)
+                self._dirty.add(verdict.run_id)  # a stored command may have been applied meanwhile
+        self.engine.evict_idle(now, self.idle_s, self.finished_s, keep=self._unwritten)
+
+    def _unwritten(self, run_id: str) -> bool:
+        return run_id in self._dirty or run_id in self._writing
+
+    async def _on_command(self, msg: Msg) -> None:
+        run_id = subjects.run_id_of(msg.subject)
+        try:
+            if not self.owns(run_id):
+                return
+        except ValueError:
+            return
+        content_type = msg.headers.get(codec.CONTENT_TYPE) if msg.headers else None
+        try:
+            command = codec.decode_command(msg.data, content_type)
+        except DecodeError as exc:
+            # DESIGN §8: a clear error on rv.event and in the log; nothing crashes.
+            log.warning("bad command: %s", exc, extra={"run_id": run_id, "worker": self.worker_id})
+            error = {"run_id": run_id, "error": str(exc), "subject": msg.subject}
+            await self.nc.publish(
+                subjects.event(run_id), codec.json_bytes(error), headers={codec.CONTENT_TYPE: codec.JSON}
+            )
+            return
+        now = self.clock()
+        if run_id not in self.engine.windows:
+            # A command for a run forgotten (idle, or finished): applied to a bare window, it would
+            # overwrite the run's counters and task in rv_runs with zeros.
+            await self._recall(subjects.partition_of(run_id, self.partitions), run_id, now)
+        self.engine.apply_command(run_id, command, now)
+        self._dirty.add(run_id)
+
+    async def _on_status(self, msg: Msg) -> None:
+        run_id = subjects.run_id_of(msg.subject)
+        try:
+            if not msg.reply or not self.owns(run_id):
+                return  # the owner answers; silence lets the asker fall back to rv_runs
+        except ValueError:
+            return
+        state = await self._state(run_id)
+        await msg.respond(codec.encode_json(state) if state is not None else b"")
+
+    async def _state(self, run_id: str) -> RunState | None:
+        """The run's state: live, or while its partition catches up, the last one written (a
+        replay half done is older than that)."""
+        known = run_id in self.engine.windows
+        if known and not self._catching_up(run_id):
+            return self.engine.state(run_id)
+        stored = await self._stored_state(run_id)
+        return self.engine.state(run_id) if stored is None and known else stored
+
+    async def _stored_state(self, run_id: str) -> RunState | None:
+        assert self._runs_kv is not None
+        return await read_state(self._runs_kv, run_id)
+
+    def _catching_up(self, run_id: str) -> bool:
+        return self.followers.catching_up(subjects.partition_of(run_id, self.partitions))
+
+    async def _flush(self) -> None:
+        """Write dirty run states to ``rv_runs`` at most once per ``flush_s`` per run.
+
+        Runs of a partition still catching up wait: their replayed state would rewind what the
+        previous owner wrote (a stopped run shown RUNNING until the replay reaches the stop).
+        """
+        await self._report()
+        dirty, self._dirty = self._dirty, set()
+        ready = []
+        for run_id in dirty:
+            if run_id in self.engine.windows and self.owns(run_id):
+                if self._catching_up(run_id):
+                    self._dirty.add(run_id)
+                else:
+                    ready.append(run_id)
+        await self._write_states(ready)
+
+    async def _write_states(self, run_ids: list[str]) -> None:
+        """Write the runs' states to ``rv_runs``, pipelined; those not acknowledged stay dirty.
+
+        A finished run sends nothing more, so a write that failed (JetStream unavailable) or
+        whose acknowledgement never came (lost in a reconnect: nats-py's own wait for pending
+        publishes would then hang for ever) must be retried by the next flush, not forgotten.
+        """
+        if not run_ids:
+            return
+        assert self._js is not None
+        acks: dict[str, asyncio.Future[PubAck]] = {}
+        self._writing.update(run_ids)
+        try:
+            for run_id in run_ids:
+                state = self.engine.state(run_id)
+                subject = subjects.kv_subject(subjects.RUNS_BUCKET, run_id)
+                acks[run_id] = await self._js.publish_async(subject, codec.encode(state))
+        finally:
+            done: set[asyncio.Future[PubAck]] = set()
+            if acks:
+                done, pending = await asyncio.wait(acks.values(), timeout=WRITE_TIMEOUT_S)
+                for ack in pending:
+                    ack.cancel()
+            failed = [run for run in run_ids if acks.get(run) not in done or acks[run].exception() is not None]
+            self._dirty.update(failed)
+            self._writing.difference_update(run_ids)
+            if failed:
+                log.warning(
+                    "%d run states not written to rv_runs; retrying", len(failed), extra={"worker": self.worker_id}
+                )
+
+    async def _report(self) -> None:
+        """Publish throughput on ``rv.stats.<worker>`` when it changed (operators, the bench)."""
+        if self.processed == self._reported:
+            return
+        self._reported = self.processed
+        stats = {
+            "worker": self.worker_id, "processed": self.processed, "first_at": self.first_at,
+            "last_at": self.last_at, "runs": len(self.engine.windows), "commands": self.commands_sent,
+            "partitions": self.leases.owned,
+        }  # fmt: skip
+        await self.nc.publish(subjects.stats(self.worker_id), codec.json_bytes(stats))

@@ -1,0 +1,261 @@
+"""The wire models: one frozen pydantic model per message (DESIGN §2, §10).
+
+Unknown fields are ignored so older readers accept newer senders; every field added
+later must have a default. Limits (run_id shape, sizes, finite non-negative counters)
+are enforced here, so every decoder rejects bad input the same way.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from runvisor.errors import ConfigError
+from runvisor.protocols.policy import Policy, Severity
+from runvisor.protocols.reasons import RunStatus, StopReason
+
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+MAX_OBSERVATION_CHARS = 65_536
+MAX_ARGS_CHARS = 65_536
+MAX_TEXT_CHARS = 4_096
+
+StepKind = Literal["start", "llm", "tool_call", "tool_result", "message", "heartbeat", "final"]
+CommandName = Literal["pause", "resume", "kill", "stop"]
+
+
+def check_run_id(value: str) -> str:
+    """Return ``value`` if it is one NATS subject token, else raise ``ConfigError`` saying why."""
+    if not RUN_ID_PATTERN.fullmatch(value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise ConfigError(f"run_id must be one subject token of 1-128 characters from [A-Za-z0-9_-], got {shown!r}")
+    return value
+
+
+def _check_args_size(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and len(repr(value)) > MAX_ARGS_CHARS:
+        raise ValueError(f"args too large: over {MAX_ARGS_CHARS} characters; send a digest or a reference")
+    return value
+
+
+RunId = Annotated[str, AfterValidator(check_run_id)]
+Count = Annotated[int, Field(ge=0)]
+Money = Annotated[float, Field(ge=0)]
+Args = Annotated[dict[str, Any] | None, AfterValidator(_check_args_size)]
+Observation = Annotated[str, Field(max_length=MAX_OBSERVATION_CHARS)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
+
+
+class StepEvent(_Wire):
+    """One thing an agent did, exactly the recorded-traffic fields of DESIGN §10."""
+
+    run_id: RunId
+    seq: Count
+    ts: Money
+    kind: StepKind
+    agent: Text | None = None
+    task: Observation | None = None
+    tool: Text | None = None
+    call_id: Text | None = None
+    args: Args = None
+    observation: Observation | None = None
+    ok: bool | None = None
+    error: Observation | None = None
+    tokens_in: Count | None = None
+    tokens_out: Count | None = None
+    cost_usd: Money | None = None
+    progress: float | None = None
+    policy: Policy | None = None
+
+
+def heartbeat_args(status: RunStatus, reason: StopReason | None = None) -> dict[str, str]:
+    """The ``args`` of a heartbeat in which an agent says it holds at a boundary (PAUSED) or goes on (RUNNING).
+
+    The SDK sends them when it pauses, every heartbeat while paused, and when it resumes, so
+    a supervisor shows the state the agent is really in (a step still in flight when the pause
+    was sent can arrive after it), and a new owner replaying the stream learns it too.
+    """
+    args = {"status": status.value}
+    if reason is not None:
+        args["reason"] = reason.value
+    return args
+
+
+def heartbeat_status(event: StepEvent) -> tuple[RunStatus, StopReason | None] | None:
+    """What a heartbeat's ``args`` say (see :func:`heartbeat_args`); None for any other event or args."""
+    args = event.args
+    if event.kind != "heartbeat" or not args:
+        return None
+    try:
+        status = RunStatus(str(args.get("status")))
+        reason = StopReason(str(args["reason"])) if args.get("reason") is not None else None
+    except ValueError:
+        return None  # another agent's own heartbeat args: not ours to read
+    return status, reason
+
+
+class Evidence(_Wire):
+    """Why a verdict was reached: a sentence a human reads, and the seqs that prove it."""
+
+    summary: Text
+    seqs: tuple[Count, ...] = ()
+
+
+class Verdict(_Wire):
+    """A detector's finding about one run, graded by severity."""
+
+    run_id: RunId
+    reason: StopReason
+    severity: Severity
+    evidence: Evidence
+    detector: Text = ""
+    at_seq: Count = 0
+    ts: Money = Field(default_factory=time.time)
+    hint: Text = ""
+
+
+_DEFAULT_REASON: dict[str, StopReason] = {
+    "pause": StopReason.USER_PAUSED,
+    "kill": StopReason.USER_KILLED,
+}
+
+
+class Command(_Wire):
+    """A control command on ``rv.ctl.<run>``, from an operator or a supervisor."""
+
+    cmd: CommandName
+    reason: StopReason | None = None
+    issuer: Text = "operator"
+    note: Text | None = None
+    evidence: Evidence | None = None
+    #: The step that triggered a supervisor's command (for latency and audit); None from people.
+    at_seq: Count | None = None
+    ts: Money = Field(default_factory=time.time)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_reason(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("reason") is None and data.get("cmd") in _DEFAULT_REASON:
+            return {**data, "reason": _DEFAULT_REASON[data["cmd"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _stop_needs_reason(self) -> Command:
+        if self.cmd == "stop" and self.reason is None:
+            raise ValueError("a stop command needs a reason (one of the StopReason names)")
+        return self
+
+    def describe(self) -> str:
+        """One line naming the command, its issuer, reason and note, for logs and exceptions."""
+        reason = self.reason.value if self.reason else ""
+        note = f": {self.note}" if self.note else ""
+        summary = f" ({self.evidence.summary})" if self.evidence else ""
+        return f"{self.cmd} by {self.issuer} {reason}{note}{summary}".replace("  ", " ").strip()
+
+
+class Counters(_Wire):
+    steps: Count = 0
+    tokens: Count = 0
+    cost_usd: Money = 0.0
+    tool_calls: Count = 0
+    retries: Count = 0
+    errors: Count = 0
+
+
+class RunState(_Wire):
+    """The live state of one run, kept in KV ``rv_runs`` by the run's supervisor."""
+
+    run_id: RunId
+    status: RunStatus = RunStatus.RUNNING
+    stop_reason: StopReason | None = None
+    task: Observation | None = None
+    agent: Text | None = None
+    last_seq: Count = 0
+    last_kind: StepKind | None = None
+    current_tool: Text | None = None
+    counters: Counters = Counters()
+    progress: float | None = None
+    started_at: Money = 0.0
+    updated_at: Money = 0.0
+    last_verdict: Verdict | None = None
+
+
+class Intent(_Wire):
+    """An external action about to happen (written before the call, marked done after)."""
+
+    tool: Text
+    call_id: Text
+    args_digest: Text
+    idempotency_key: Text
+    attempt: Annotated[int, Field(ge=1)] = 1
+    state: Literal["open", "done"] = "open"
+    opened_at: Money = Field(default_factory=time.time)
+
+
+class Checkpoint(_Wire):
+    """An agent's resumable state in KV ``rv_checkpoints``."""
+
+    run_id: RunId
+    seq: Count
+    status: RunStatus = RunStatus.RUNNING
+    stop_reason: StopReason | None = None
+    goal: Observation | None = None
+    policy: Policy | None = None
+    state: dict[str, Any] = Field(default_factory=dict)
+    intent: Intent | None = None
+    ts: Money = Field(default_factory=time.time)
+
+
+class ToolRequest(_Wire):
+    """A call from an agent to a tool executor over ``rv.tool.<name>``."""
+
+    run_id: RunId
+    call_id: Text
+    tool: Text
+    args: Args = None
+    idempotency_key: Text
+    seq: Count = 0
+    timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+
+class ToolResult(_Wire):
+    """The executor's answer: a success, or a failure with its stop reason."""
+
+    call_id: Text
+    ok: bool
+    observation: Observation | None = None
+    error: Observation | None = None
+    error_type: Text | None = None
+    attempts: Annotated[int, Field(ge=0)] = 1
+    stop_reason: StopReason | None = None
+    retry_after_s: Money | None = None
+    replayed: bool = False
+
+
+__all__ = [
+    "MAX_ARGS_CHARS",
+    "MAX_OBSERVATION_CHARS",
+    "RUN_ID_PATTERN",
+    "Checkpoint",
+    "Command",
+    "CommandName",
+    "Counters",
+    "Evidence",
+    "Intent",
+    "Policy",
+    "RunState",
+    "StepEvent",
+    "StepKind",
+    "ToolRequest",
+    "ToolResult",
+    "Verdict",
+    "check_run_id",
+    "heartbeat_args",
+    "heartbeat_status",
+]
