@@ -74,32 +74,6 @@ class StepEvent(_Wire):
     policy: Policy | None = None
 
 
-def heartbeat_args(status: RunStatus, reason: StopReason | None = None) -> dict[str, str]:
-    """The ``args`` of a heartbeat in which an agent says it holds at a boundary (PAUSED) or goes on (RUNNING).
-
-    The SDK sends them when it pauses, every heartbeat while paused, and when it resumes, so
-    a supervisor shows the state the agent is really in (a step still in flight when the pause
-    was sent can arrive after it), and a new owner replaying the stream learns it too.
-    """
-    args = {"status": status.value}
-    if reason is not None:
-        args["reason"] = reason.value
-    return args
-
-
-def heartbeat_status(event: StepEvent) -> tuple[RunStatus, StopReason | None] | None:
-    """What a heartbeat's ``args`` say (see :func:`heartbeat_args`); None for any other event or args."""
-    args = event.args
-    if event.kind != "heartbeat" or not args:
-        return None
-    try:
-        status = RunStatus(str(args.get("status")))
-        reason = StopReason(str(args["reason"])) if args.get("reason") is not None else None
-    except ValueError:
-        return None  # another agent's own heartbeat args: not ours to read
-    return status, reason
-
-
 class Evidence(_Wire):
     """Why a verdict was reached: a sentence a human reads, and the seqs that prove it."""
 
@@ -256,6 +230,4 @@ __all__ = [
     "ToolResult",
     "Verdict",
     "check_run_id",
-    "heartbeat_args",
-    "heartbeat_status",
 ]

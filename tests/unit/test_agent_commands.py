@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from runvisor.actors.agent._commands import Controls, stop_reason
+from runvisor.actors.agent._commands import Controls
+from runvisor.protocols.commands import end_reason
 from runvisor.protocols.messages import Command, Evidence
 from runvisor.protocols.reasons import StopReason
 
@@ -49,6 +50,6 @@ def test_stop_carries_its_reason_and_is_described_with_evidence() -> None:
     controls = Controls()
     controls.apply(stop)
     assert not controls.killed
-    assert stop_reason(stop) == StopReason.LOOP_DETECTED
+    assert end_reason(stop) == StopReason.LOOP_DETECTED
     assert stop.describe() == "stop by supervisor LOOP_DETECTED (x6 same call)"
-    assert stop_reason(Command(cmd="kill")) == StopReason.USER_KILLED
+    assert end_reason(Command(cmd="kill")) == StopReason.USER_KILLED

@@ -11,7 +11,8 @@ import pytest
 
 from runvisor.actors.supervisor.detection import Engine
 from runvisor.protocols.codec import from_obj
-from runvisor.protocols.messages import Command, StepEvent, Verdict, heartbeat_args
+from runvisor.protocols.conventions import heartbeat_args
+from runvisor.protocols.messages import Command, StepEvent, Verdict
 from runvisor.protocols.policy import Policy
 from runvisor.protocols.reasons import RunStatus, StopReason
 

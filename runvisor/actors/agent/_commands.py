@@ -8,14 +8,16 @@ command twice is harmless and the two paths never need to agree on who saw what 
 
 from __future__ import annotations
 
+from runvisor.protocols.commands import CommandState, fold
 from runvisor.protocols.messages import Command
-from runvisor.protocols.reasons import StopReason
+from runvisor.protocols.reasons import RunStatus
 
 
 class Controls:
-    """The desired state of one run, folded from its commands in arrival order."""
+    """The desired state of one run, folded from its commands in arrival order (see ``protocols.commands``)."""
 
     def __init__(self) -> None:
+        self.state = CommandState()
         #: The pause in force, or None while running.
         self.pause: Command | None = None
         #: The kill or stop that ends the run; once set, nothing changes it.
@@ -29,21 +31,19 @@ class Controls:
         return self.terminal is not None and self.terminal.cmd == "kill"
 
     def apply(self, command: Command) -> bool:
-        """Fold a live command in; returns whether it changed anything."""
-        if self.terminal is not None:
-            return False  # a killed or stopped run stays so, whatever comes after
+        """Fold a live command in; returns whether it changed the run's status."""
+        before, self.state = self.state, fold(self.state, command)
+        if before.ended:
+            return False
         self.last = command
         self._newest_ts = max(self._newest_ts, command.ts)
-        if command.cmd == "pause":
-            changed = self.pause is None
+        if self.state.status is RunStatus.PAUSED:
             self.pause = command
-            return changed
-        if command.cmd == "resume":
-            changed = self.pause is not None
+        elif self.state.status is RunStatus.RUNNING:
             self.pause = None
-            return changed
-        self.terminal = command
-        return True
+        else:
+            self.terminal = command
+        return self.state.status is not before.status
 
     def apply_stored(self, command: Command) -> bool:
         """Fold in the last command read back from the stream, unless a newer one was applied.
@@ -54,10 +54,3 @@ class Controls:
         if command.ts < self._newest_ts:
             return False
         return self.apply(command)
-
-
-def stop_reason(command: Command) -> StopReason:
-    """The reason a terminal command ends the run with."""
-    if command.reason is not None:
-        return command.reason
-    return StopReason.USER_KILLED if command.cmd == "kill" else StopReason.USER_PAUSED

@@ -16,10 +16,11 @@ from nats.aio.msg import Msg
 
 from runvisor.actors.agent import _store as store
 from runvisor.actors.agent._checkpointing import CheckpointMixin
-from runvisor.actors.agent._commands import stop_reason
 from runvisor.errors import RunError, RunKilled, RunStopped
 from runvisor.protocols import codec
-from runvisor.protocols.messages import Command, heartbeat_args
+from runvisor.protocols.commands import end_reason
+from runvisor.protocols.conventions import heartbeat_args
+from runvisor.protocols.messages import Command
 from runvisor.protocols.reasons import RunStatus, StopReason
 
 # The run's log lines keep the public module's name, so operators filter them as before.
@@ -66,7 +67,7 @@ class ControlMixin(CheckpointMixin):
 
     async def _end(self, command: Command) -> NoReturn:
         """Record a kill or stop in the checkpoint and raise it into the agent's code."""
-        reason = stop_reason(command)
+        reason = end_reason(command)
         if command.cmd == "kill":
             error: RunError = RunKilled(self.run_id, command)
         else:

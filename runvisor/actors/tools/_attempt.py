@@ -8,6 +8,7 @@ from typing import Any
 
 from runvisor.actors.retry import Outcome
 from runvisor.actors.tools._registry import Tool, clip, observation_text
+from runvisor.protocols import conventions
 from runvisor.protocols.messages import StepEvent, ToolRequest, ToolResult
 from runvisor.protocols.reasons import StopReason
 
@@ -35,21 +36,11 @@ async def run_once(tool: Tool, args: dict[str, Any], limit_s: float) -> Outcome:
 
 
 def retry_events(request: ToolRequest, outcome: Outcome, attempt: int, ts: float) -> tuple[StepEvent, StepEvent]:
-    """The step events of a failed attempt that will be retried: its ``tool_result``, then the next ``tool_call``.
-
-    Both carry the request's ``call_id`` and ``seq``, as agreed with the agent SDK, which
-    publishes the first ``tool_call`` and the final ``tool_result`` itself.
-    """
+    """The step events of a failed attempt that will be retried (``protocols.conventions``, "Retry events")."""
     what = f"{outcome.error_type or 'Error'}: {outcome.message}" if outcome.message else outcome.error_type
-    same = {"run_id": request.run_id, "seq": request.seq, "tool": request.tool, "call_id": request.call_id, "ts": ts}
-    failed = StepEvent(
-        **same,
-        kind="tool_result",
-        ok=False,
-        error=clip(f"{what} (attempt {attempt}; retrying)"),
-        observation=observation_text(outcome.value) if outcome.hidden else None,
-    )
-    return failed, StepEvent(**same, kind="tool_call", args=request.args)
+    observation = observation_text(outcome.value) if outcome.hidden else None
+    error = clip(f"{what} (attempt {attempt}; retrying)")
+    return conventions.retry_events(request, error=error, observation=observation, ts=ts)
 
 
 def failure(call_id: str, error_type: str, message: str, *, attempts: int) -> ToolResult:

@@ -24,7 +24,9 @@ from collections.abc import Callable, Iterable
 from runvisor.actors.supervisor.detection.detectors import ACTION_DETECTORS, Budget, Detector
 from runvisor.actors.supervisor.detection.stall import StallTimers, check_stall, next_deadline
 from runvisor.actors.supervisor.detection.window import RunWindow
-from runvisor.protocols.messages import Command, Counters, RunState, StepEvent, Verdict, heartbeat_status
+from runvisor.protocols.commands import CommandState, fold
+from runvisor.protocols.conventions import heartbeat_status
+from runvisor.protocols.messages import Command, Counters, RunState, StepEvent, Verdict
 from runvisor.protocols.policy import Policy, Severity
 from runvisor.protocols.reasons import RunStatus, StopReason
 
@@ -229,26 +231,24 @@ class Engine:
     def apply_command(self, run_id: str, command: Command, now: float) -> None:
         """Reflect a control command (from an operator or a supervisor) in the run's state.
 
-        ``pause`` marks the run paused (stall checks hold off), ``resume`` clears that unless
-        the run was stopped, and ``kill``/``stop`` finish it: a killed run never continues.
+        The rules are the agent's own (``protocols.commands.fold``): ``pause`` marks the run
+        paused (stall checks hold off), ``resume`` lets a paused run go on, ``kill``/``stop``
+        end it, and an ended run (stopped or completed) stays as it ended.
         """
         window = self.windows.get(run_id)
         if window is None:
             window = RunWindow(run_id, self.policy)
             window.last_seen = now
             self.windows[run_id] = window
-        if command.cmd == "pause":
-            window.paused = True
-            window.stop_reason = command.reason or StopReason.USER_PAUSED
-        elif command.cmd == "resume":
-            if not window.stopped:
-                window.paused = False
-                window.stop_reason = None
-                window.last_seen = now  # the silence clock restarts with the resumed run
-        else:
-            window.stopped = True
-            window.paused = False
-            window.stop_reason = command.reason or StopReason.USER_KILLED
+        before = CommandState(_status(window), StopReason(window.stop_reason) if window.stop_reason else None)
+        after = fold(before, command)
+        if after is before:
+            return
+        window.paused = after.status is RunStatus.PAUSED
+        window.stopped = after.status is RunStatus.STOPPED
+        window.stop_reason = after.reason
+        if after.status is RunStatus.RUNNING:
+            window.last_seen = now  # the silence clock restarts with the resumed run
         self.timers.schedule(run_id, next_deadline(window, window.policy))
 
     def state(self, run_id: str) -> RunState:
@@ -256,17 +256,9 @@ class Engine:
         w = self.windows.get(run_id)
         if w is None:
             return RunState(run_id=run_id)
-        if w.stopped:
-            status = RunStatus.STOPPED
-        elif w.completed:
-            status = RunStatus.COMPLETED
-        elif w.paused:
-            status = RunStatus.PAUSED
-        else:
-            status = RunStatus.RUNNING
         return RunState(
             run_id=run_id,
-            status=status,
+            status=_status(w),
             stop_reason=StopReason(w.stop_reason) if w.stop_reason else None,
             task=w.task,
             agent=w.agent,
@@ -323,6 +315,14 @@ class Engine:
                 window.paused = True
                 window.stop_reason = reason
         return out
+
+
+def _status(window: RunWindow) -> RunStatus:
+    if window.stopped:
+        return RunStatus.STOPPED
+    if window.completed:
+        return RunStatus.COMPLETED
+    return RunStatus.PAUSED if window.paused else RunStatus.RUNNING
 
 
 __all__ = ["Engine", "action_severity"]
