@@ -40,9 +40,20 @@ def _check_args_size(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return value
 
 
+#: Bounds on numbers, so that no run's sums can become unencodable (msgpack ends at 2**64 - 1) or
+#: infinite, and every reader holds them exactly (2**53: JSON readers with float64 numbers).
+#: One event's tokens and cost are bounded far above any real LLM call; what a run adds up is
+#: saturated at the bound where it is reported (``Engine.state``), never rejected.
+MAX_COUNT = 2**53
+MAX_MONEY = 1e15
+MAX_TOKENS_PER_EVENT = 10**9
+MAX_COST_PER_EVENT = 1e6
+
 RunId = Annotated[str, AfterValidator(check_run_id)]
-Count = Annotated[int, Field(ge=0)]
-Money = Annotated[float, Field(ge=0)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Money = Annotated[float, Field(ge=0, le=MAX_MONEY)]
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS_PER_EVENT)]
+Cost = Annotated[float, Field(ge=0, le=MAX_COST_PER_EVENT)]
 Args = Annotated[dict[str, Any] | None, AfterValidator(_check_args_size)]
 Observation = Annotated[str, Field(max_length=MAX_OBSERVATION_CHARS)]
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
@@ -67,9 +78,9 @@ class StepEvent(_Wire):
     observation: Observation | None = None
     ok: bool | None = None
     error: Observation | None = None
-    tokens_in: Count | None = None
-    tokens_out: Count | None = None
-    cost_usd: Money | None = None
+    tokens_in: Tokens | None = None
+    tokens_out: Tokens | None = None
+    cost_usd: Cost | None = None
     progress: float | None = None
     policy: Policy | None = None
 
@@ -214,7 +225,11 @@ class ToolResult(_Wire):
 
 __all__ = [
     "MAX_ARGS_CHARS",
+    "MAX_COST_PER_EVENT",
+    "MAX_COUNT",
+    "MAX_MONEY",
     "MAX_OBSERVATION_CHARS",
+    "MAX_TOKENS_PER_EVENT",
     "RUN_ID_PATTERN",
     "Checkpoint",
     "Command",

@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client
@@ -259,6 +260,29 @@ async def test_a_lease_taken_over_before_it_is_given_back_is_no_crash(fresh_admi
     for partition in (0, 2):
         with pytest.raises((KeyNotFoundError, KeyDeletedError)):
             await kv.get(subjects.lease_key(partition))
+
+
+async def test_one_runs_poison_numbers_never_block_other_runs_states(
+    fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str
+) -> None:
+    # Given steps whose numbers no real step reaches (accepted once, their sums could no longer be
+    # encoded: every write to rv_runs failed, for every run, for good, and the worker crashed on stop),
+    poison = f"{run_id}-poison"
+    healthy = [f"{run_id}-ok{i}" for i in range(10)]
+    js = fresh_admin.jetstream()
+    async with running_worker(fresh_server, "poison") as worker:
+        poisons: list[dict[str, float]] = [{"tokens_in": 2**64 - 1}, {"tokens_in": 2**64 - 1}, {"cost_usd": 1e308}]
+        for seq, numbers in enumerate(poisons * 2):
+            step = {"run_id": poison, "seq": seq + 1, "ts": 1e9 + seq, "kind": "llm", **numbers}
+            await js.publish(subjects.step(poison), msgpack.packb(step))
+        for run in healthy:
+            await publish(fresh_admin, find_file_loop(run, 0, repeats=1))
+        # then every other run's state is written,
+        for run in healthy:
+            await eventually(lambda run=run: stored_state(fresh_admin, run), what=f"{run} in rv_runs")
+        assert poison not in worker.engine.windows, "a step with such numbers is rejected, not judged"
+    # and the worker stopped cleanly (running_worker fails the test if it raised).
+    assert (await stored_state(fresh_admin, healthy[0])) is not None
 
 
 # --- several worker processes -----------------------------------------------------------
@@ -777,11 +801,20 @@ async def test_a_finished_run_leaves_memory_soon_and_its_status_is_still_answere
         reply = await fresh_admin.request(subjects.status(run_id), b"", timeout=5)  # the owner answers from rv_runs
         state = codec.decode_json(RunState, reply.data)
         assert (state.status, state.counters.tool_calls, state.last_seq) == (RunStatus.COMPLETED, 1, 4)
-        # An operator's command for the forgotten run changes its status, not what it did.
+        # An operator's command for the forgotten run changes neither what it did nor how it ended
+        # (it once rewrote a COMPLETED run as STOPPED/USER_KILLED).
+        runs = await fresh_admin.jetstream().key_value(subjects.RUNS_BUCKET)
+        before = (await runs.get(run_id)).revision or 0
         await send_command(fresh_admin, run_id, Command(cmd="kill", note="cleanup"))
-        killed = await eventually(lambda: _with_status(fresh_admin, run_id, RunStatus.STOPPED), what="the kill stored")
-        assert (killed.stop_reason, killed.counters.tool_calls, killed.counters.tokens) == (
-            StopReason.USER_KILLED, 1, 940,
+
+        async def rewritten() -> bool:
+            return ((await runs.get(run_id)).revision or 0) > before
+
+        await eventually(rewritten, what="the run's state written again after the kill")
+        after = await stored_state(fresh_admin, run_id)
+        assert after is not None
+        assert (after.status, after.stop_reason, after.counters.tool_calls, after.counters.tokens) == (
+            RunStatus.COMPLETED, state.stop_reason, 1, 940,
         )  # fmt: skip
 
 

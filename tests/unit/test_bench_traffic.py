@@ -13,13 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.traffic import TrafficError, TrafficReader, TrafficWriter, read_events, traffic_format
-from runvisor.protocols.messages import StepEvent
+from runvisor.protocols.messages import MAX_COST_PER_EVENT, MAX_TOKENS_PER_EVENT, StepEvent
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".msgpack", ".msgpack.gz")
 # Any text but lone surrogates, which no UTF-8 encoder accepts; line and paragraph separators included.
 texts = st.text(st.characters(blacklist_categories=["Cs"]), max_size=80)
 optional_texts = st.none() | texts
 counts = st.none() | st.integers(0, 2**53)
+tokens = st.none() | st.integers(0, MAX_TOKENS_PER_EVENT)
+costs = st.none() | st.floats(0, MAX_COST_PER_EVENT, allow_nan=False, allow_infinity=False)
 money = st.floats(0, 1e9, allow_nan=False, allow_infinity=False)
 scalars = st.none() | st.integers(-(2**53), 2**53) | texts | st.booleans()
 
@@ -37,9 +39,9 @@ events = st.builds(
     observation=optional_texts,
     ok=st.none() | st.booleans(),
     error=optional_texts,
-    tokens_in=counts,
-    tokens_out=counts,
-    cost_usd=st.none() | money,
+    tokens_in=tokens,
+    tokens_out=tokens,
+    cost_usd=costs,
     progress=st.none() | st.floats(-1e6, 1e6, allow_nan=False),
     policy=st.none() | st.builds(dict, max_cost_usd=st.floats(0.01, 100)),
 )

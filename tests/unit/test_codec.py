@@ -14,11 +14,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from runvisor.errors import DecodeError
 from runvisor.protocols import codec
-from runvisor.protocols.codec import DecodeError
 from runvisor.protocols.messages import (
     MAX_ARGS_CHARS,
+    MAX_COST_PER_EVENT,
     MAX_OBSERVATION_CHARS,
+    MAX_TOKENS_PER_EVENT,
     Checkpoint,
     Command,
     Counters,
@@ -150,6 +152,8 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
 _token = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", min_size=1, max_size=128)
 _count = st.integers(min_value=0, max_value=2**53)
 _money = st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False)
+_tokens = st.integers(min_value=0, max_value=MAX_TOKENS_PER_EVENT)
+_cost = st.floats(min_value=0, max_value=MAX_COST_PER_EVENT, allow_nan=False, allow_infinity=False)
 _json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53), st.text(max_size=50))
 
 
@@ -157,7 +161,7 @@ _json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53),
     run_id=_token, seq=_count, ts=_money,
     kind=st.sampled_from(["start", "llm", "tool_call", "tool_result", "message", "heartbeat", "final"]),
     tool=st.none() | st.text(max_size=40), observation=st.none() | st.text(max_size=500),
-    ok=st.none() | st.booleans(), tokens=st.none() | _count, cost=st.none() | _money,
+    ok=st.none() | st.booleans(), tokens=st.none() | _tokens, cost=st.none() | _cost,
     progress=st.none() | st.floats(allow_nan=False, allow_infinity=False),
     args=st.none() | st.dictionaries(st.text(max_size=10), _json_scalar, max_size=5),
 )  # fmt: skip
@@ -233,6 +237,17 @@ def test_oversize_observation_is_rejected() -> None:
 def test_oversize_args_are_rejected() -> None:
     with pytest.raises(DecodeError, match=rf"field 'args': args too large: over {MAX_ARGS_CHARS} characters"):
         codec.from_obj(StepEvent, _step(args={"content": "x" * MAX_ARGS_CHARS}))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("tokens_in", 2**64 - 1), ("tokens_out", MAX_TOKENS_PER_EVENT + 1), ("cost_usd", 1e308), ("seq", 2**64 - 1)],
+)
+def test_counters_no_real_step_reaches_are_rejected(field: str, value: float) -> None:
+    # Accepted, two of them summed past what msgpack (or a float) holds, and a run's state could
+    # never be written again.
+    with pytest.raises(DecodeError, match=rf"field '{field}': Input should be less than or equal to"):
+        codec.decode(StepEvent, msgpack.packb(_step(**{field: value})))
 
 
 @pytest.mark.parametrize("field", ["tokens_in", "tokens_out", "cost_usd", "seq"])

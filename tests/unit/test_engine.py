@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from runvisor.actors.supervisor.detection import Engine
+from runvisor.protocols import codec
 from runvisor.protocols.codec import from_obj
 from runvisor.protocols.conventions import heartbeat_args
-from runvisor.protocols.messages import Command, StepEvent, Verdict
+from runvisor.protocols.messages import MAX_COUNT, MAX_MONEY, Command, RunState, StepEvent, Verdict
 from runvisor.protocols.policy import Policy
 from runvisor.protocols.reasons import RunStatus, StopReason
 
@@ -482,3 +483,15 @@ def test_an_event_with_seq_zero_is_counted() -> None:
     engine = Engine()
     engine.observe(StepEvent(run_id="r", seq=0, ts=1e9, kind="llm", tokens_in=900, tokens_out=40), 1e9)
     assert engine.state("r").counters.tokens == 940
+
+
+def test_a_runs_sums_saturate_so_its_state_can_always_be_written() -> None:
+    engine = Engine()
+    engine.observe(StepEvent(run_id="r", seq=0, ts=1.0, kind="start", task="t"), 1.0)
+    window = engine.windows["r"]
+    window.tokens = 2**70  # what a long run of huge steps could add up to
+    window.cost_usd = 1e308 * 10
+    state = engine.state("r")
+    assert state.counters.tokens == MAX_COUNT
+    assert state.counters.cost_usd == MAX_MONEY
+    assert codec.decode(RunState, codec.encode(state)) == state

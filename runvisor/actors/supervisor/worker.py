@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.kv import KeyValue
 
+from runvisor.actors.connection import Sparing
 from runvisor.actors.endpoint import Endpoint
 from runvisor.actors.runtime import Actor
 from runvisor.actors.streams.runs import read_state
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: How long a write to ``rv_runs`` may wait for its acknowledgement before it is retried.
 WRITE_TIMEOUT_S = 5.0
+#: A run whose state cannot be encoded is logged at most this often (it is retried with its next event).
+UNWRITABLE_LOG_EVERY_S = 30.0
 #: How long a stopped or completed run stays in memory after its last event (its state is in
 #: ``rv_runs``): memory follows the runs that are active, not every run of the last hour.
 FINISHED_S = 60.0
@@ -102,6 +105,7 @@ class SupervisorWorker(Actor):
         self._followers: Followers | None = None
         self._runs_kv: KeyValue | None = None
         self._leases: Leases | None = None
+        self._unwritable = Sparing(UNWRITABLE_LOG_EVERY_S)
 
     @property
     def leases(self) -> Leases:
@@ -338,16 +342,23 @@ class SupervisorWorker(Actor):
         self._writing.update(run_ids)
         try:
             for run_id in run_ids:
-                state = self.engine.state(run_id)
+                try:
+                    data = codec.encode(self.engine.state(run_id))
+                except Exception as exc:  # one run's state must never keep the others' from being written
+                    if self._unwritable.due():
+                        log.warning("state of run %s cannot be written to rv_runs: %s", run_id, exc,
+                                    extra={"run_id": run_id, "worker": self.worker_id})  # fmt: skip
+                    continue
                 subject = subjects.kv_subject(subjects.RUNS_BUCKET, run_id)
-                acks[run_id] = await self._js.publish_async(subject, codec.encode(state))
+                acks[run_id] = await self._js.publish_async(subject, data)
         finally:
             done: set[asyncio.Future[PubAck]] = set()
             if acks:
                 done, pending = await asyncio.wait(acks.values(), timeout=WRITE_TIMEOUT_S)
                 for ack in pending:
                     ack.cancel()
-            failed = [run for run in run_ids if acks.get(run) not in done or acks[run].exception() is not None]
+            # A state that cannot be encoded is not retried: it would fail the same way every flush.
+            failed = [run for run in acks if acks[run] not in done or acks[run].exception() is not None]
             self._dirty.update(failed)
             self._writing.difference_update(run_ids)
             if failed:

@@ -26,7 +26,7 @@ from runvisor.actors.supervisor.detection.stall import StallTimers, check_stall,
 from runvisor.actors.supervisor.detection.window import RunWindow
 from runvisor.protocols.commands import CommandState, fold
 from runvisor.protocols.conventions import heartbeat_status
-from runvisor.protocols.messages import Command, Counters, RunState, StepEvent, Verdict
+from runvisor.protocols.messages import MAX_COUNT, MAX_MONEY, Command, Counters, RunState, StepEvent, Verdict
 from runvisor.protocols.policy import Policy, Severity
 from runvisor.protocols.reasons import RunStatus, StopReason
 
@@ -265,13 +265,13 @@ class Engine:
             last_seq=w.last_seq,
             last_kind=w.last_kind,
             current_tool=w.current_tool,
-            counters=Counters(
-                steps=w.steps,
-                tokens=w.tokens,
-                cost_usd=w.cost_usd,
-                tool_calls=w.tool_calls,
-                retries=w.retries,
-                errors=w.errors,
+            counters=Counters(  # saturated: a run's sums must never make its state unwritable
+                steps=min(w.steps, MAX_COUNT),
+                tokens=min(w.tokens, MAX_COUNT),
+                cost_usd=min(w.cost_usd, MAX_MONEY),
+                tool_calls=min(w.tool_calls, MAX_COUNT),
+                retries=min(w.retries, MAX_COUNT),
+                errors=min(w.errors, MAX_COUNT),
             ),
             progress=w.progress,
             started_at=w.first_ts or 0.0,
