@@ -59,6 +59,8 @@ def from_obj(cls: type[M], obj: Any) -> M:
         return cls.model_validate(obj)
     except ValidationError as exc:
         raise DecodeError(_describe(cls.__name__, exc)) from None
+    except RecursionError:
+        raise DecodeError(f"{cls.__name__}: nested too deeply") from None
 
 
 def decode(cls: type[M], data: bytes) -> M:
@@ -72,6 +74,8 @@ def decode_json(cls: type[M], data: bytes | str) -> M:
         obj = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DecodeError(f"{cls.__name__}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise DecodeError(f"{cls.__name__}: JSON nested too deeply") from None
     return from_obj(cls, obj)
 
 
@@ -142,7 +146,10 @@ def _describe(name: str, exc: ValidationError) -> str:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:
+        return "(a value nested too deeply to show)"
     return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
 
 

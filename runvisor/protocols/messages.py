@@ -34,8 +34,21 @@ def check_run_id(value: str) -> str:
     return value
 
 
+def args_fit(value: dict[str, Any] | None) -> bool:
+    """Whether ``args`` are within the protocol's size limit (the one measure for models and the agent SDK).
+
+    Raises:
+        ValueError: ``args`` nest so deep that measuring them exhausts Python's recursion (no tool's
+            real arguments do); raised as the model's validation error, never as RecursionError.
+    """
+    try:
+        return value is None or len(repr(value)) <= MAX_ARGS_CHARS
+    except RecursionError:
+        raise ValueError("args nested too deeply to be a tool's arguments") from None
+
+
 def _check_args_size(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and len(repr(value)) > MAX_ARGS_CHARS:
+    if not args_fit(value):
         raise ValueError(f"args too large: over {MAX_ARGS_CHARS} characters; send a digest or a reference")
     return value
 
@@ -126,8 +139,11 @@ class Command(_Wire):
     @model_validator(mode="before")
     @classmethod
     def _default_reason(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("reason") is None and data.get("cmd") in _DEFAULT_REASON:
-            return {**data, "reason": _DEFAULT_REASON[data["cmd"]]}
+        # ``cmd`` is checked as a string first: a list or a map there ({"cmd": ["pause"]}) must be a
+        # validation error naming the field, not a TypeError out of the dict lookup.
+        cmd = data.get("cmd") if isinstance(data, dict) else None
+        if isinstance(cmd, str) and cmd in _DEFAULT_REASON and data.get("reason") is None:
+            return {**data, "reason": _DEFAULT_REASON[cmd]}
         return data
 
     @model_validator(mode="after")
@@ -244,5 +260,6 @@ __all__ = [
     "ToolRequest",
     "ToolResult",
     "Verdict",
+    "args_fit",
     "check_run_id",
 ]

@@ -305,3 +305,34 @@ def test_malformed_json_command() -> None:
 def test_unknown_reason_in_json_names_the_field() -> None:
     with pytest.raises(DecodeError, match=r"field 'reason': Input should be 'LOOP_DETECTED'"):
         codec.decode_command(json.dumps({"cmd": "stop", "reason": "FAILED"}).encode())
+
+
+@pytest.mark.parametrize(
+    "data", [b'{"cmd": ["pause"]}', msgpack.packb({"cmd": ["pause"]}), b'{"cmd": {"a": 1}}', b'{"cmd": 7}']
+)
+def test_a_command_of_the_wrong_shape_is_a_decode_error_naming_the_field(data: bytes) -> None:
+    # It was a TypeError (unhashable list) out of the worker's and the agent's decoders.
+    with pytest.raises(DecodeError, match=r"field 'cmd': Input should be 'pause', 'resume', 'kill' or 'stop'"):
+        codec.decode_command(data)
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    top: dict[str, Any] = {}
+    inner = top
+    for _ in range(depth):
+        inner["a"] = {}
+        inner = inner["a"]
+    return top
+
+
+def test_args_nested_a_thousand_deep_are_a_decode_error_not_a_recursion_error() -> None:
+    with pytest.raises(DecodeError, match=r"field 'args': args nested too deeply"):
+        codec.decode(StepEvent, msgpack.packb(_step(kind="tool_call", args=_nested(1000))))
+    text = '{"run_id": "r", "seq": 1, "ts": 1.0, "kind": "tool_call", "args": ' + '{"a": ' * 5000 + "{}" + "}" * 5001
+    with pytest.raises(DecodeError, match=r"nested too deeply"):
+        codec.decode_json(StepEvent, text)
+
+
+def test_args_nested_as_deep_as_real_tools_go_are_accepted() -> None:
+    event = codec.decode(StepEvent, msgpack.packb(_step(kind="tool_call", args=_nested(50))))
+    assert event.args == _nested(50)
