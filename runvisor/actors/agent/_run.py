@@ -43,8 +43,8 @@ from nats.aio.subscription import Subscription
 from runvisor.actors.agent import _limits as limits
 from runvisor.actors.agent import _store as store
 from runvisor.actors.agent._calls import request_tool
-from runvisor.actors.agent._commands import Controls
-from runvisor.actors.agent._control import ControlMixin
+from runvisor.actors.agent._checkpointing import Checkpointer
+from runvisor.actors.agent._control import CommandFollower
 from runvisor.actors.agent._steps import StepStream
 from runvisor.actors.endpoint import Endpoint
 from runvisor.actors.runtime import Actor
@@ -68,12 +68,13 @@ DEFAULT_HEARTBEAT_S = 5.0
 Clock = Callable[[], float]
 
 
-class Run(ControlMixin, Actor):
+class Run(Actor):
     """One run of an agent: publishes its steps, keeps its checkpoint, calls tools, obeys commands.
 
-    Create it with :meth:`start` or :meth:`resume` and use it as ``async with``. Obeying
-    commands (``_agent_control``) and keeping the checkpoint (``_agent_checkpointing``) are
-    mixed in from private modules.
+    Create it with :meth:`start` or :meth:`resume` and use it as ``async with``. It is built
+    from parts that each own their state: a ``StepStream`` (``_steps``), a ``Checkpointer``
+    (``_checkpointing``: goal, policy, ``state`` and the call in flight) and a
+    ``CommandFollower`` (``_control``: the commands and the end they ask for).
     """
 
     role = "agent"
@@ -109,27 +110,16 @@ class Run(ControlMixin, Actor):
         """
         super().__init__(endpoint, nc=nc, name=f"runvisor-agent-{check_run_id(run_id)}")
         self.run_id = run_id
-        self.goal = limits.clip(goal, MAX_OBSERVATION_CHARS)
-        self.policy = policy
         self.agent = limits.clip_text(agent)
         self.heartbeat_s = heartbeat_s
-        #: The agent's own resumable state: JSON-able values, saved with every checkpoint.
-        self.state: dict[str, Any] = {}
-        #: The call that was in flight when the run was last checkpointed, or None.
-        self.open_intent: Intent | None = None
         self._resuming = resuming
         self._clock = clock
-        self._controls = Controls()
-        self._changed = asyncio.Event()
-        self._killed = asyncio.Event()
-        self._ended: RunError | None = None
-        self._intent: Intent | None = None
-        self._open_args: dict[str, Any] | None = None
+        self._checkpoints = Checkpointer(run_id, clock, goal=limits.clip(goal, MAX_OBSERVATION_CHARS), policy=policy)
+        self._control = CommandFollower(run_id, self._checkpoints, heartbeat_s=heartbeat_s)
         self._call_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
-        self._store: store.CheckpointStore | None = None
-        self._stream: StepStream | None = None
+        self._stream: StepStream | None = None  # the connection's, so made in on_start
 
     @classmethod
     def start(
@@ -169,19 +159,49 @@ class Run(ControlMixin, Actor):
         return cls(run_id, agent=agent, resuming=True, endpoint=endpoint, nc=nc, heartbeat_s=heartbeat_s, clock=clock)
 
     @property
+    def goal(self) -> str | None:
+        """The run's task (on resume, the one stored in its checkpoint)."""
+        return self._checkpoints.goal
+
+    @property
+    def policy(self) -> Policy | None:
+        """The run's supervision policy (on resume, the one stored in its checkpoint)."""
+        return self._checkpoints.policy
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The agent's own resumable state: JSON-able values, saved with every checkpoint."""
+        return self._checkpoints.state
+
+    @state.setter
+    def state(self, state: dict[str, Any]) -> None:
+        self._checkpoints.state = state
+
+    @property
+    def open_intent(self) -> Intent | None:
+        """The call that was in flight when the run was last checkpointed, or None."""
+        return self._checkpoints.open_intent
+
+    @property
     def last_command(self) -> Command | None:
         """The last command this run applied (pause, resume, kill or stop), if any."""
-        return self._controls.last
+        return self._control.controls.last
 
     @property
     def paused(self) -> bool:
         """Whether a pause is in force (the run holds at its next step boundary)."""
-        return self._controls.pause is not None
+        return self._control.controls.pause is not None
 
     @property
     def seq(self) -> int:
         """The seq of the last step event this run published (or reserved)."""
         return self._stream.seq if self._stream is not None else 0
+
+    @property
+    def _steps(self) -> StepStream:
+        if self._stream is None:
+            raise RuntimeError(f"run {self.run_id} is not started: use `async with`")
+        return self._stream
 
     # -- what the agent calls ----------------------------------------------------------
 
@@ -193,30 +213,30 @@ class Run(ControlMixin, Actor):
         text: str | None = None,
     ) -> int:
         """Report one model call and what it cost; returns the step's seq."""
-        await self._boundary()
+        await self._control.boundary()
         return await self._steps.publish(
             "llm", tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost_usd, observation=_obs(text)
         )
 
     async def message(self, text: str) -> int:
         """Report a message (a thought, a reply to the user); returns the step's seq."""
-        await self._boundary()
+        await self._control.boundary()
         return await self._steps.publish("message", observation=_obs(text))
 
     async def progress(self, value: float, note: str | None = None) -> int:
         """Report progress towards the goal (0..1 by convention); returns the step's seq."""
-        await self._boundary()
+        await self._control.boundary()
         return await self._steps.publish("message", progress=value, observation=_obs(note))
 
     async def heartbeat(self) -> int:
         """Say the agent is alive during long work that reports nothing else."""
-        await self._boundary()
+        await self._control.boundary()
         return await self._steps.publish("heartbeat")
 
     async def checkpoint(self) -> None:
         """Save ``run.state`` now (it is also saved before every tool call)."""
-        await self._boundary()
-        await self._save()
+        await self._control.boundary()
+        await self._checkpoints.save()
 
     async def call_tool(
         self, name: str, args: dict[str, Any] | None = None, *, timeout: float = 30.0, call_id: str | None = None
@@ -229,7 +249,7 @@ class Run(ControlMixin, Actor):
         subjects.check_token(name, "tool name")
         call_id = call_id or uuid.uuid4().hex[:16]
         async with self._call_lock:
-            await self._boundary()
+            await self._control.boundary()
             intent = Intent(
                 tool=name, call_id=call_id, args_digest=limits.args_digest(args),
                 idempotency_key=f"{self.run_id}:{call_id}", opened_at=self._clock(),
@@ -241,14 +261,14 @@ class Run(ControlMixin, Actor):
         so an executor that already ran it returns the recorded result instead of running it again.
         """
         async with self._call_lock:
-            intent = self.open_intent
+            intent = self._checkpoints.open_intent
             if intent is None:
                 raise RunError(f"run {self.run_id} has no open intent to retry")
-            if limits.args_digest(self._open_args) != intent.args_digest:
+            if limits.args_digest(self._checkpoints.open_args) != intent.args_digest:
                 raise RunError(f"run {self.run_id}: the checkpoint lost the arguments of call {intent.call_id}")
-            await self._boundary()
+            await self._control.boundary()
             again = intent.model_copy(update={"attempt": intent.attempt + 1, "opened_at": self._clock()})
-            return await self._call(again, self._open_args, timeout)
+            return await self._call(again, self._checkpoints.open_args, timeout)
 
     # -- tool calls --------------------------------------------------------------------
 
@@ -264,26 +284,24 @@ class Run(ControlMixin, Actor):
             )  # fmt: skip
             await self._publish_result(intent, refused)
             return refused
-        self._intent, self._open_args, self.open_intent = intent, args, intent
-        await self._save()  # before the external action: after a crash it says what was in flight
+        await self._checkpoints.open_call(intent, args)  # before the external action
         await self._steps.publish("tool_call", seq=seq, args=args, **call)
         request = ToolRequest(
             run_id=self.run_id, call_id=intent.call_id, tool=intent.tool, args=args,
             idempotency_key=intent.idempotency_key, seq=seq, timeout_s=timeout,
         )  # fmt: skip
         result = await request_tool(
-            self.nc, request, killed=self._killed, heartbeat_s=self.heartbeat_s,
+            self.nc, request, killed=self._control.killed, heartbeat_s=self.heartbeat_s,
             heartbeat=lambda: self._steps.publish("heartbeat", **call),
         )  # fmt: skip
         if result is None:  # killed while the call was pending: do not wait for the tool
-            terminal = self._controls.terminal
+            terminal = self._control.controls.terminal
             assert terminal is not None  # the kill event is set only with a terminal command
             cancelled = "Cancelled: the run was killed while the call was pending"
             await self._steps.publish("tool_result", ok=False, error=cancelled, **call)
-            await self._end(terminal)
+            await self._control.end(terminal)
         await self._publish_result(intent, result)
-        self._intent, self._open_args, self.open_intent = intent.model_copy(update={"state": "done"}), None, None
-        await self._save()
+        await self._checkpoints.close_call(intent)
         return result
 
     async def _publish_result(self, intent: Intent, result: ToolResult) -> None:
@@ -300,24 +318,25 @@ class Run(ControlMixin, Actor):
     async def _on_reconnect(self) -> None:
         await super()._on_reconnect()
         # Core delivery drops what was sent while we were away; the stream kept it.
-        task = asyncio.create_task(self._catch_up())
+        task = asyncio.create_task(self._control.catch_up())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def on_start(self) -> None:
         js = self.nc.jetstream()
         self._stream = StepStream(js, self.run_id, self._clock)
-        self._store = store.CheckpointStore(await js.key_value(subjects.CHECKPOINTS_BUCKET), self.run_id)
+        kv = store.CheckpointStore(await js.key_value(subjects.CHECKPOINTS_BUCKET), self.run_id)
+        self._checkpoints.attach(kv, self._stream)
         # Subscribe before reading the stored command so none falls between the two.
-        self._sub = await self.nc.subscribe(subjects.ctl(self.run_id), cb=self._on_command)
+        self._sub = await self.nc.subscribe(subjects.ctl(self.run_id), cb=self._control.on_command)
         try:
-            stored = await store.last_command(self._steps.js, self.run_id)
+            stored = await store.last_command(js, self.run_id)
             if self._resuming:
-                await self._load(stored)
+                await self._checkpoints.load(stored, self._control.controls)
             else:
-                await self._create()
+                await self._checkpoints.create()
             if stored is not None:
-                self._apply(stored, stored=True)
+                self._control.apply(stored, stored=True)
             await self._steps.publish("start", seq=self.seq, task=self.goal, policy=self.policy, agent=self.agent)
         except BaseException:
             await self._sub.unsubscribe()
@@ -325,14 +344,14 @@ class Run(ControlMixin, Actor):
 
     async def on_stop(self) -> None:
         """The agent's code returned: the run completed, unless it was killed or stopped first."""
-        if self._ended is not None:
-            await self._finish(ok=False, error=str(self._ended))
+        if self._control.ended is not None:
+            await self._finish(ok=False, error=str(self._control.ended))
         else:
             await self._finish(ok=True, status=RunStatus.COMPLETED, reason=StopReason.COMPLETED)
 
     async def on_failure(self, exc: BaseException) -> None:
-        if exc is self._ended:
-            await self._finish(ok=False, error=str(exc))  # already recorded by _end
+        if exc is self._control.ended:
+            await self._finish(ok=False, error=str(exc))  # already recorded by CommandFollower.end
             return
         log.error("agent failed: %r", exc, extra={"run_id": self.run_id})
         text = f"{type(exc).__name__}: {exc}"
@@ -342,10 +361,10 @@ class Run(ControlMixin, Actor):
         self, ok: bool, error: str | None = None, status: RunStatus | None = None, reason: StopReason | None = None
     ) -> None:
         try:
-            if self._store is None or self._store.fenced:
+            if not self._checkpoints.in_charge:
                 return  # another process holds the run now: it speaks for it
             if status is not None:
-                await self._save(status, reason)
+                await self._checkpoints.save(status, reason)
             await self._steps.publish("final", ok=ok, error=limits.clip(error, MAX_OBSERVATION_CHARS), agent=self.agent)
             await self._steps.flush()
         except Exception as exc:
