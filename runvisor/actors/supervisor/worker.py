@@ -33,6 +33,7 @@ from runvisor.actors.streams.runs import read_state
 from runvisor.actors.streams.steps import direct_get_step
 from runvisor.actors.supervisor._decide import Decisions
 from runvisor.actors.supervisor._follow import Followers
+from runvisor.actors.supervisor._rejections import Rejections
 from runvisor.actors.supervisor.detection.engine import Engine
 from runvisor.actors.supervisor.leases import Leases
 from runvisor.protocols import codec, subjects
@@ -97,7 +98,7 @@ class SupervisorWorker(Actor):
         self.processed = 0
         self.first_at: float | None = None  # wall clock of the first and latest processed event
         self.last_at = 0.0
-        self._reported = 0
+        self._reported = (0, 0)  # (processed, rejected) last published on rv.stats
         self._dirty: set[str] = set()
         self._writing: set[str] = set()  # states sent to rv_runs, not yet acknowledged
         self._decisions: Decisions | None = None
@@ -106,6 +107,7 @@ class SupervisorWorker(Actor):
         self._runs_kv: KeyValue | None = None
         self._leases: Leases | None = None
         self._unwritable = Sparing(UNWRITABLE_LOG_EVERY_S)
+        self._rejections = Rejections()
 
     @property
     def leases(self) -> Leases:
@@ -215,7 +217,7 @@ class SupervisorWorker(Actor):
         try:
             event = codec.decode(StepEvent, msg.data)
         except DecodeError as exc:
-            log.warning("undecodable step on %s: %s", msg.subject, exc, extra={"partition": partition})
+            await self._rejected("step", msg.subject, exc, replayed=stored_at is not None)
             return
         self.processed += 1
         now = self.last_at = self.clock()
@@ -270,12 +272,7 @@ class SupervisorWorker(Actor):
         try:
             command = codec.decode_command(msg.data, content_type)
         except DecodeError as exc:
-            # DESIGN §8: a clear error on rv.event and in the log; nothing crashes.
-            log.warning("bad command: %s", exc, extra={"run_id": run_id, "worker": self.worker_id})
-            error = {"run_id": run_id, "error": str(exc), "subject": msg.subject}
-            await self.nc.publish(
-                subjects.event(run_id), codec.json_bytes(error), headers={codec.CONTENT_TYPE: codec.JSON}
-            )
+            await self._rejected("command", msg.subject, exc)  # DESIGN §8: said on rv.event and in the log
             return
         now = self.clock()
         if run_id not in self.engine.windows:
@@ -284,6 +281,21 @@ class SupervisorWorker(Actor):
             await self._recall(subjects.partition_of(run_id, self.partitions), run_id, now)
         self.engine.apply_command(run_id, command, now)
         self._dirty.add(run_id)
+
+    async def _rejected(self, what: str, subject: str, exc: DecodeError, *, replayed: bool = False) -> None:
+        """Count a rejected step or command; say so sparingly in the log and on the run's ``rv.event``."""
+        run_id = subjects.run_id_of(subject)
+        said = self._rejections.add(run_id, time.monotonic(), replayed=replayed)
+        if said.log_count:
+            log.warning("%d %s(s) rejected since the last report; the latest, on %s: %s", said.log_count, what,
+                        subject, exc, extra={"run_id": run_id, "worker": self.worker_id})  # fmt: skip
+        if said.report:
+            error = {"run_id": run_id, "error": f"{what} rejected: {exc}", "subject": subject}
+            try:
+                event_subject = subjects.event(run_id)
+            except ValueError:
+                return  # not a run id an operator could subscribe to: the log has it
+            await self.nc.publish(event_subject, codec.json_bytes(error), headers={codec.CONTENT_TYPE: codec.JSON})
 
     async def _on_status(self, msg: Msg) -> None:
         run_id = subjects.run_id_of(msg.subject)
@@ -368,12 +380,14 @@ class SupervisorWorker(Actor):
 
     async def _report(self) -> None:
         """Publish throughput on ``rv.stats.<worker>`` when it changed (operators, the bench)."""
-        if self.processed == self._reported:
+        counts = (self.processed, self._rejections.total)
+        if counts == self._reported:
             return
-        self._reported = self.processed
+        self._reported = counts
         stats = {
             "worker": self.worker_id, "processed": self.processed, "first_at": self.first_at,
             "last_at": self.last_at, "runs": len(self.engine.windows), "commands": self.commands_sent,
+            "rejected": self._rejections.total,
             "partitions": self.leases.owned,
         }  # fmt: skip
         await self.nc.publish(subjects.stats(self.worker_id), codec.json_bytes(stats))
