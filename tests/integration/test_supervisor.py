@@ -194,28 +194,30 @@ async def test_malformed_command_is_reported_on_rv_event(
 
 
 async def test_a_flood_of_undecodable_steps_is_counted_and_said_once(
-    worker: SupervisorWorker, agent_nc: Client, operator: Client, run_id: str, caplog: pytest.LogCaptureFixture
+    fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given 500 undecodable steps for one run (each once a WARNING line of its own),
     flooded = f"{run_id}-bad"
-    seen = await watch(operator, flooded)
-    before = worker._rejections.total
-    js = agent_nc.jetstream()
-    for i in range(500):
-        await js.publish(subjects.step(flooded), b"\x93not a step %d" % i)
-    # and a loop of another run behind them,
-    sent = await publish(agent_nc, find_file_loop(run_id, 0, repeats=8))
-    await eventually(lambda: worker.engine.windows.get(run_id) and worker.engine.windows[run_id].events == len(sent))
-    # then every one is counted, the log says so in at most one line, and the run's operator is told once;
-    assert worker._rejections.total - before == 500
-    lines = [r for r in caplog.records if "rejected since the last report" in r.getMessage()]
-    assert len(lines) <= 1
-    await operator.flush()
-    await eventually(lambda: seen.events, what="the report on rv.event")
-    assert len(seen.events) == 1
-    assert "step rejected: StepEvent: not valid msgpack" in str(seen.events[0]["error"])
-    # and the valid traffic around it is judged as ever.
-    assert worker.engine.state(run_id).status is RunStatus.STOPPED
+    seen = await watch(fresh_admin, flooded)
+    async with running_worker(fresh_server, "flooded") as worker:
+        js = fresh_admin.jetstream()
+        for i in range(500):
+            await js.publish(subjects.step(flooded), b"\x93not a step %d" % i)
+        # and a loop of another run behind them,
+        sent = await publish(fresh_admin, find_file_loop(run_id, 0, repeats=8))
+        await eventually(
+            lambda: worker.engine.windows.get(run_id) and worker.engine.windows[run_id].events == len(sent)
+        )
+        # then every one is counted, the log says so in one line, and the run's operator is told once;
+        assert worker._rejections.total == 500
+        lines = [r for r in caplog.records if "rejected since the last report" in r.getMessage()]
+        assert len(lines) == 1
+        await fresh_admin.flush()
+        await eventually(lambda: seen.events, what="the report on rv.event")
+        assert len(seen.events) == 1
+        assert "step rejected: StepEvent: not valid msgpack" in str(seen.events[0]["error"])
+        # and the valid traffic around it is judged as ever.
+        assert worker.engine.state(run_id).status is RunStatus.STOPPED
 
 
 async def test_worker_that_loses_its_lease_stops_deciding(
