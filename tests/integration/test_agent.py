@@ -26,7 +26,7 @@ from nats.js.errors import KeyNotFoundError
 from runvisor.actors.agent import Run, RunError, RunKilled, RunNotFound, RunNotResumable, RunStopped
 from runvisor.actors.connection import connect
 from runvisor.actors.operator import send_command
-from runvisor.actors.server import EmbeddedServer
+from runvisor.actors.server import EmbeddedServer, provision
 from runvisor.protocols import codec, subjects
 from runvisor.protocols.messages import Checkpoint, Command, Evidence, Policy, StepEvent, ToolRequest, ToolResult
 from runvisor.protocols.reasons import RunStatus, StopReason
@@ -109,6 +109,21 @@ async def stored_steps(admin: Client, run_id: str) -> list[StepEvent]:
     finally:
         await sub.unsubscribe()
     return events
+
+
+async def all_stored_steps(admin: Client, run_id: str) -> list[StepEvent]:
+    """Every stored step of the run, in stream order (a step sent again comes after newer ones)."""
+    subject = subjects.stored_step(subjects.partition_of(run_id), run_id)
+    sub = await admin.jetstream().subscribe(subject, stream=subjects.STEPS_STREAM, ordered_consumer=True)
+    events: list[StepEvent] = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=WAIT_S)
+            events.append(codec.decode(StepEvent, msg.data))
+            if msg.metadata.num_pending == 0:
+                return events
+    finally:
+        await sub.unsubscribe()
 
 
 async def test_steps_are_stored_with_increasing_seq(agent_nc: Client, admin: Client, run_id: str) -> None:
@@ -472,3 +487,59 @@ async def test_second_resume_of_a_live_run_fences_the_first_process(
     cp = await checkpoint(admin, run_id)
     assert cp is not None
     assert (cp.status, cp.state) == (RunStatus.COMPLETED, {"by": "second"})
+
+
+@pytest.mark.timeout(90)
+async def test_steps_jetstream_refused_are_sent_again_and_stored_once(
+    fresh_server: EmbeddedServer, run_id: str
+) -> None:
+    # Steps JetStream refused (here: RV_STEPS missing for a while; in life, a server restarting)
+    # were once dropped with a log line, and a loop among them was never seen. Now they are sent
+    # again until stored, under a message id the stream de-duplicates by.
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    try:
+        await provision(admin)
+        said = [f"while refused {i}" for i in range(20)]
+        async with Run.start(goal="ride it out", run_id=run_id, endpoint=fresh_server.endpoint("agent")) as run:
+            await run.checkpoint()
+            await admin.jetstream().delete_stream(subjects.STEPS_STREAM)
+            for text in said:
+                await run.message(text)
+            await provision(admin)  # the stream is back
+        steps = await all_stored_steps(admin, run_id)
+    finally:
+        await admin.close()
+    assert [e.observation for e in steps if e.kind == "message"] == said, "each refused step stored, once"
+    assert [e.seq for e in steps] == sorted({e.seq for e in steps})
+
+
+@pytest.mark.timeout(90)
+async def test_steps_sent_around_a_server_restart_are_stored_once_each(
+    fresh_server: EmbeddedServer, run_id: str
+) -> None:
+    # Steps the server did not acknowledge (it went away) were once dropped, with a log line: a loop
+    # among them was never seen. Now they are sent again, under a message id the stream de-duplicates by.
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    await admin.close()
+    said = [f"{phase} {i}" for phase in ("before", "while down", "after") for i in range(20)]
+    async with Run.start(goal="ride out a restart", run_id=run_id, endpoint=fresh_server.endpoint("agent")) as run:
+        for text in said[:20]:
+            await run.message(text)
+        # Stopped, not killed: a SIGKILL within milliseconds of acknowledged writes can lose them in
+        # the server itself (seen here: 21 acked steps not restored), which no client can mend.
+        await fresh_server.stop()
+        for text in said[20:40]:
+            await run.message(text)
+        await fresh_server.start()
+        for text in said[40:]:
+            await run.message(text)
+    # A step sent again is stored after newer ones: read them all, not up to the final event.
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin-after")
+    try:
+        events = await all_stored_steps(admin, run_id)
+    finally:
+        await admin.close()
+    seqs = sorted(e.seq for e in events)
+    assert seqs == list(range(1, len(said) + 3)), "every step stored once: start, the messages, final"
+    assert [e.observation for e in sorted(events, key=lambda e: e.seq) if e.kind == "message"] == said

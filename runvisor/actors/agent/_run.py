@@ -366,10 +366,12 @@ class Run(Actor):
             if status is not None:
                 await self._checkpoints.save(status, reason)
             await self._steps.publish("final", ok=ok, error=limits.clip(error, MAX_OBSERVATION_CHARS), agent=self.agent)
-            await self._steps.flush()
+            await self._steps.close()
         except Exception as exc:
             log.error("could not record the end of the run: %s", exc, extra={"run_id": self.run_id})
         finally:
+            if self._stream is not None:
+                await self._stream.stop()
             for task in self._tasks:
                 task.cancel()
             if self._sub is not None and not self.nc.is_closed:
