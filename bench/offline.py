@@ -28,6 +28,7 @@ from bench.traffic import read_events
 from runvisor.actors.supervisor.detection import Engine
 from runvisor.protocols import codec
 from runvisor.protocols.messages import StepEvent, Verdict
+from runvisor.testing import replay
 
 DEFAULT_STEPS = Path("../shared/traces/dev.steps.jsonl")
 
@@ -43,31 +44,6 @@ def decision(verdict: Verdict) -> dict[str, Any]:
         "evidence": verdict.evidence.summary,
         "seqs": list(verdict.evidence.seqs),
     }
-
-
-def replay(events: Iterator[StepEvent], engine: Engine) -> Iterator[Verdict]:
-    """Feed events to the engine, ticking its stall timers on the event clock.
-
-    Files whose runs were recorded one after another, each from the same start time (the dev
-    traces), make the clock jump back at each new run: every run seen before is then over.
-    Interleaved traffic (``bench.synth``, live recordings) keeps one clock, so silent runs are
-    found by the stall timers, and a last tick past every deadline ends the file.
-    """
-    previous: float | None = None
-    latest = 0.0
-    for event in events:
-        if previous is not None and event.ts < previous:
-            engine.evict_idle(float("inf"), 0.0)
-            latest = 0.0
-        previous = event.ts
-        latest = max(latest, event.ts)
-        yield from engine.tick(event.ts)
-        yield from engine.observe(event, event.ts)
-    if previous is not None:
-        # Past every deadline, twice: a stall warns at the first silent period and acts at the second.
-        silence = max(engine.policy.stall_timeout_s, engine.policy.tool_timeout_s) + 1.0
-        yield from engine.tick(latest + silence)
-        yield from engine.tick(latest + 2 * silence)
 
 
 def synthetic_run(run_id: str, actions: int) -> list[StepEvent]:
@@ -143,7 +119,7 @@ def by_kind(path: Path) -> None:
     previous: float | None = None
     for event in events:
         if previous is not None and event.ts < previous:
-            engine.evict_idle(float("inf"), 0.0)  # runs recorded one after another (see replay())
+            engine.evict_idle(float("inf"), 0.0)  # runs recorded one after another (see runvisor.testing.replay)
         previous = event.ts
         started = time.perf_counter()
         engine.observe(event, event.ts)
