@@ -58,10 +58,16 @@ class PendingCall:
 
 
 class RunWindow:
-    """The bounded recent history and counters of one run."""
+    """The bounded recent history and counters of one run.
+
+    Who writes what is fixed (see ``__slots__``): the window folds events into its own state,
+    the Engine records its decisions and the commands applied, and detectors only read.
+    """
 
     # Slots: thousands of windows per worker, and a per-instance dict would outweigh the rings.
-    __slots__ = (
+    __slots__ = (  # noqa: RUF023 - grouped by who writes them, sorted within each group
+        # Written only by the window itself, as it folds events in (``observe``, ``restore``,
+        # ``set_policy``): the rings, the rolling detector state, the counters, identity, clocks.
         "act",
         "acted",
         "agent",
@@ -84,17 +90,14 @@ class RunWindow:
         "last_kind",
         "last_novel_at",
         "last_result_call",
-        "last_seen",
         "last_seq",
         "last_ts",
-        "last_verdict",
         "n",
         "neg",
         "obs",
         "obs_brief",
         "pair",
         "pair_count",
-        "paused",
         "pending",
         "policy",
         "progress",
@@ -104,14 +107,19 @@ class RunWindow:
         "seq",
         "sim",
         "size",
-        "snooze_until",
         "steps",
-        "stop_reason",
-        "stopped",
         "streak",
         "task",
         "tokens",
         "tool_calls",
+        # Written only by the Engine: what it decided and what commands did (``apply_command``,
+        # grading, stall timers). Detectors only read a window; they never write one.
+        "last_seen",
+        "last_verdict",
+        "paused",
+        "snooze_until",
+        "stop_reason",
+        "stopped",
         "warned",
     )  # fmt: skip
 
