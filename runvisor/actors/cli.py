@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import difflib
 import importlib
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -25,6 +27,7 @@ from runvisor.actors.server import EmbeddedServer, is_not_provisioned, not_provi
 from runvisor.actors.supervisor.worker import SupervisorWorker
 from runvisor.actors.tools import ToolExecutor, ToolRegistry
 from runvisor.errors import RunvisorError
+from runvisor.protocols.commands import CommandState, fold
 from runvisor.protocols.messages import Command, RunState, check_run_id
 from runvisor.protocols.policy import Policy, parse_policy
 from runvisor.protocols.reasons import RunStatus
@@ -45,10 +48,30 @@ def main(argv: list[str] | None = None) -> int:
     except RunvisorError as exc:
         print(f"runvisor: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`runvisor ps | head -3`): not an error. Python would otherwise
+        # complain once more when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a suggestion for a misspelt command and without a bogus required ``note``."""
+
+    def error(self, message: str) -> NoReturn:
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice is not None:
+            commands = re.findall(r"'([^']*)'", choice.group(2))
+            close = difflib.get_close_matches(choice.group(1), commands, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            message = f"unknown command {choice.group(1)!r}{hint} (commands: {', '.join(commands)})"
+        # ``note`` is optional (nargs="*"), but argparse lists it with a missing run_id.
+        message = message.replace("required: run_id, note", "required: run_id")
+        super().error(message)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="runvisor",
         description="Runtime supervision for AI agents over NATS JetStream: detects loops, stalls, "
         "retry storms, hidden tool failures and budget overruns, and pauses, resumes or kills runs.",
@@ -328,11 +351,33 @@ async def _command(args: argparse.Namespace, stop: asyncio.Event) -> int:
     )
 
     async def work(nc: Client) -> int:
+        state = await fetch_state(nc, run_id)
+        refusal = refuse(run_id, state, command)
+        if refusal is not None:
+            raise CliError(refusal)
         ack = await send_command(nc, run_id, command)
         print(f"{command.cmd} sent to {run_id} (RV_CONTROL seq {ack.seq})")
         return 0
 
     return await _operator(args, work, stop)
+
+
+def refuse(run_id: str, state: RunState | None, command: Command) -> str | None:
+    """Why ``command`` must not be sent to the run in ``state`` (None: send it).
+
+    A command for a run nobody knows would create a phantom run in ``rv_runs``; one that would
+    change nothing (``protocols.commands.fold``) would only mislead: a stopped run cannot be
+    resumed, and a finished one is not killed after the fact.
+    """
+    if state is None:
+        return f"no run {run_id!r} is known (not in rv_runs, and no supervisor answered); nothing sent"
+    before = CommandState(state.status, state.stop_reason)
+    if fold(before, command) != before:
+        return None
+    if before.ended:
+        how = f"{state.status}" + (f", {state.stop_reason}" if state.stop_reason else "")
+        return f"run {run_id} has ended ({how}): a {command.cmd} would change nothing; nothing sent"
+    return f"run {run_id} is {state.status}: a {command.cmd} would change nothing; nothing sent"
 
 
 async def _why(args: argparse.Namespace, stop: asyncio.Event) -> int:

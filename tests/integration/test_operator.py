@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shlex
+import sys
 
 from nats.aio.client import Client
 
 from runvisor.actors.operator import list_states
+from runvisor.actors.server import EmbeddedServer
 from runvisor.actors.streams._bucket import latest_values
 from runvisor.protocols import codec, subjects
 from runvisor.protocols.messages import Counters, RunState
@@ -39,3 +43,22 @@ async def test_latest_values_leaves_out_deleted_keys_and_finds_none_at_once_when
     await kv.put("m.w2", b"w2")
     await kv.delete("m.w2")  # a worker that stopped
     assert await latest_values(js, subjects.LEASES_BUCKET, "m.>") == {"m.w1": b"w1"}
+
+
+async def test_ps_into_a_pipe_closed_early_ends_quietly(fresh_server: EmbeddedServer, fresh_admin: Client) -> None:
+    # `runvisor ps | head -2` once ended in a BrokenPipeError traceback.
+    kv = await fresh_admin.jetstream().key_value(subjects.RUNS_BUCKET)
+    for i in range(3000):
+        await kv.put(f"run-{i}", codec.encode(RunState(run_id=f"run-{i}")))
+    env = {
+        **os.environ,
+        "NATS_URL": fresh_server.url,
+        "RV_OPERATOR_PASSWORD": fresh_server.credentials.passwords["operator"],
+    }
+    shell = await asyncio.create_subprocess_shell(
+        f"{shlex.quote(sys.executable)} -m runvisor.actors.cli ps | head -2",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(shell.communicate(), 60)
+    assert len(out.decode().splitlines()) == 2
+    assert err.decode() == ""

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from nats.aio.msg import Msg
 
+from runvisor import Run
+from runvisor.actors.endpoint import Credentials
 from runvisor.actors.runtime import Actor
 from runvisor.actors.server import EmbeddedServer
 from runvisor.testing import eventually
@@ -102,11 +104,26 @@ async def test_runvisor_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -
         assert info["url"].startswith("nats://127.0.0.1:")
         assert any("nats context save runvisor" in line for line in output)
         server_pid = info["pid"]
-        # An operator in another terminal finds the server through the data dir.
-        assert (await _cli(env, "pause", "run-7", "budget", "review"))[0:2] == (
-            0,
-            "pause sent to run-7 (RV_CONTROL seq 1)",
-        )
+        # An operator in another terminal finds the server through the data dir. A command for a
+        # run nobody knows is refused, and leaves no phantom run in `ps` (it once did).
+        rc, _, err = await _cli(env, "kill", "run-7")
+        assert (rc, "no run 'run-7' is known" in err, "nothing sent" in err) == (2, True, True)
+        agent = Credentials.load_or_create(tmp_path).endpoint(info["url"], "agent")
+        async with Run.start(goal="be supervised", run_id="run-7", endpoint=agent) as run:
+            await run.message("working")
+            await eventually(lambda: _cli_says(env, "RUNNING", "why", "run-7"), what="run-7 known")
+            # A resume of a run that is not paused would change nothing: refused.
+            rc, _, err = await _cli(env, "resume", "run-7")
+            assert (rc, "run run-7 is RUNNING: a resume would change nothing" in err) == (2, True)
+            assert (await _cli(env, "pause", "run-7", "budget", "review"))[0:2] == (
+                0,
+                "pause sent to run-7 (RV_CONTROL seq 1)",
+            )
+        # A run that has ended is not killed after the fact (its history once was rewritten).
+        await eventually(lambda: _cli_says(env, "COMPLETED", "why", "run-7"), what="run-7 completed")
+        rc, _, err = await _cli(env, "kill", "run-7")
+        assert (rc, "run run-7 has ended (COMPLETED" in err) == (2, True)
+        assert "run-7" in (await _cli(env, "ps"))[1]
         rc, out, err = await _cli(env, "why", "nosuchrun")
         assert (rc, "no run 'nosuchrun' is known" in err, "Traceback" in err) == (2, True, False)
         rc, out, err = await _cli(env, "why", "bad.id")
@@ -124,6 +141,11 @@ async def test_runvisor_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def _cli_says(env: dict[str, str], text: str, *args: str) -> bool:
+    rc, out, _ = await _cli(env, *args)
+    return rc == 0 and text in out
 
 
 async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:

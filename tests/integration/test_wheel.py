@@ -85,4 +85,4 @@ def test_a_mistyped_command_is_one_clear_line(installed: Path, tmp_path: Path) -
     typo = _run(installed / "bin" / "runvisor", "puase", "run-1", cwd=tmp_path)
     assert typo.returncode == 2
     assert "Traceback" not in typo.stderr
-    assert "invalid choice" in typo.stderr
+    assert "unknown command 'puase'; did you mean 'pause'?" in typo.stderr

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from runvisor.actors.cli import _parser, main
+from runvisor.actors.cli import _parser, main, refuse
+from runvisor.protocols.messages import Command, RunState
+from runvisor.protocols.reasons import RunStatus, StopReason
 
 
 @pytest.mark.parametrize(
@@ -42,3 +44,45 @@ def test_a_nonsense_number_is_refused_by_name(args: list[str], said: str, capsys
 )
 def test_edge_values_that_make_sense_are_accepted(args: list[str], dest: str, value: float) -> None:
     assert getattr(_parser().parse_args(args), dest) == value
+
+
+def test_a_misspelt_command_gets_a_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["puase", "run-1"])
+    assert exit_.value.code == 2
+    assert "unknown command 'puase'; did you mean 'pause'?" in capsys.readouterr().err
+
+
+def test_a_command_without_its_run_asks_for_the_run_only(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["pause"])
+    err = capsys.readouterr().err
+    assert "the following arguments are required: run_id" in err
+    assert "note" not in err.splitlines()[-1], "the note is optional"
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "cmd", "refused"),
+    [
+        (RunStatus.RUNNING, None, "pause", None),
+        (RunStatus.RUNNING, None, "resume", "run r is RUNNING: a resume would change nothing"),
+        (RunStatus.PAUSED, StopReason.USER_PAUSED, "resume", None),
+        (RunStatus.PAUSED, StopReason.USER_PAUSED, "kill", None),
+        (RunStatus.STOPPED, StopReason.LOOP_DETECTED, "resume", "run r has ended (STOPPED, LOOP_DETECTED)"),
+        (RunStatus.COMPLETED, StopReason.COMPLETED, "kill", "run r has ended (COMPLETED"),
+    ],
+)
+def test_a_command_that_would_change_nothing_is_refused(
+    status: RunStatus, reason: StopReason | None, cmd: str, refused: str | None
+) -> None:
+    said = refuse("r", RunState(run_id="r", status=status, stop_reason=reason), Command(cmd=cmd))
+    assert (said is None) == (refused is None), said
+    if refused is not None:
+        assert said is not None
+        assert refused in said
+
+
+def test_a_command_for_an_unknown_run_is_refused() -> None:
+    said = refuse("ghost", None, Command(cmd="kill"))
+    assert said is not None
+    assert "no run 'ghost' is known" in said
