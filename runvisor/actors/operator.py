@@ -23,11 +23,12 @@ async def fetch_state(nc: Client, run_id: str, timeout: float = 2.0) -> RunState
     """The run's live state: asked of its supervisor, else read from KV ``rv_runs``."""
     try:
         reply = await nc.request(subjects.status(run_id), b"", timeout=timeout)
-        if reply.data:
-            return codec.decode_json(RunState, reply.data)
     except (NoRespondersError, NatsTimeout):
-        pass
-    return await stored_state(nc, run_id)
+        return await stored_state(nc, run_id)
+    answer = codec.json_object(reply.data, "status reply") if reply.data else {"error": "no answer"}
+    if "error" in answer:  # its supervisor knows no such run (or an older one answered empty)
+        return await stored_state(nc, run_id)
+    return codec.from_obj(RunState, answer)
 
 
 def describe(state: RunState) -> str:

@@ -70,13 +70,26 @@ def decode(cls: type[M], data: bytes) -> M:
 
 def decode_json(cls: type[M], data: bytes | str) -> M:
     """Decode JSON text as ``cls``."""
+    return from_obj(cls, json_object(data, cls.__name__))
+
+
+def json_object(data: bytes | str, name: str = "message") -> dict[str, Any]:
+    """Parse JSON text that must be an object (``name`` is for the error message)."""
     try:
         obj = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"{cls.__name__}: not valid JSON ({exc})") from None
+        raise DecodeError(f"{name}: not valid JSON ({exc})") from None
     except RecursionError:
-        raise DecodeError(f"{cls.__name__}: JSON nested too deeply") from None
-    return from_obj(cls, obj)
+        raise DecodeError(f"{name}: JSON nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise DecodeError(f"{name}: expected a map of fields, got {_shown(obj)}")
+    return obj
+
+
+def decode_stored(cls: type[M], data: bytes) -> M:
+    """Decode a stored value written as JSON (``rv_runs``, for people and the ``nats`` CLI) or, by an
+    older writer, as msgpack: a msgpack map never starts with ``{``."""
+    return decode_json(cls, data) if data[:1] == b"{" else decode(cls, data)
 
 
 def decode_command(data: bytes, content_type: str | None = None) -> Command:
@@ -163,9 +176,11 @@ __all__ = [
     "decode",
     "decode_command",
     "decode_json",
+    "decode_stored",
     "encode",
     "encode_json",
     "from_obj",
     "json_bytes",
+    "json_object",
     "to_wire",
 ]

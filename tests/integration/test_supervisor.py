@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -180,6 +181,31 @@ async def test_operator_pause_and_kill_update_the_live_state(
 async def _with_status(nc: Client, run_id: str, status: RunStatus) -> RunState | None:
     state = await fetch_state(nc, run_id)
     return state if state is not None and state.status is status else None
+
+
+async def test_rv_runs_holds_json_that_the_nats_cli_shows_readably(
+    worker: SupervisorWorker, agent_nc: Client, admin: Client, run_id: str
+) -> None:
+    # `nats kv get rv_runs RUN` and `nats kv watch rv_runs` print the raw value: it was msgpack.
+    await publish(agent_nc, find_file_loop(run_id, 0, repeats=1))
+    kv = await admin.jetstream().key_value(subjects.RUNS_BUCKET)
+
+    async def stored() -> dict[str, Any] | None:
+        try:
+            entry = await kv.get(run_id)
+        except KeyNotFoundError:
+            return None
+        value: dict[str, Any] = json.loads(entry.value or b"")
+        return value
+
+    value = await eventually(stored, what="the run in rv_runs")
+    assert (value["run_id"], value["status"], value["counters"]["tool_calls"]) == (run_id, "RUNNING", 1)
+
+
+async def test_status_of_an_unknown_run_is_a_json_error(worker: SupervisorWorker, admin: Client) -> None:
+    # `nats req rv.status.RUN ''` for a run nobody knows got an empty reply.
+    reply = await admin.request(subjects.status("no-such-run-here"), b"", timeout=5)
+    assert json.loads(reply.data) == {"run_id": "no-such-run-here", "error": "no run 'no-such-run-here' is known"}
 
 
 async def test_malformed_command_is_reported_on_rv_event(
@@ -640,7 +666,7 @@ async def test_a_new_owner_catching_up_does_not_rewind_the_runs_it_replays(
     async def collect() -> None:
         async for entry in watcher:
             if entry is not None and entry.value:
-                written.append(codec.decode(RunState, entry.value))
+                written.append(codec.decode_json(RunState, entry.value))  # JSON, as people read it
 
     collecting = asyncio.create_task(collect())
     answers: list[RunState] = []

@@ -1,6 +1,8 @@
 """KV ``rv_runs``: every run's live state, written by its supervisor, read by everyone (DESIGN §2).
 
 Reads live here; the one writer is the supervisor worker that owns the run (``_write_states``).
+Values are JSON, so ``nats kv get rv_runs RUN`` and ``nats kv watch rv_runs`` are readable;
+msgpack values from older workers are still read.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ async def read_state(runs: KeyValue, run_id: str) -> RunState | None:
         entry = await runs.get(run_id)
     except KeyNotFoundError:
         return None
-    return codec.decode(RunState, entry.value) if entry.value else None
+    return codec.decode_stored(RunState, entry.value) if entry.value else None
 
 
 async def list_states(nc: Client) -> list[RunState]:
@@ -41,7 +43,7 @@ async def list_states(nc: Client) -> list[RunState]:
     states = []
     for key, value in (await latest_values(nc.jetstream(), subjects.RUNS_BUCKET)).items():
         try:
-            states.append(codec.decode(RunState, value))
+            states.append(codec.decode_stored(RunState, value))
         except codec.DecodeError as exc:  # one bad entry must not hide every other run
             log.warning("rv_runs entry %r is not a run state: %s", key, exc)
     return sorted(states, key=lambda s: s.updated_at, reverse=True)

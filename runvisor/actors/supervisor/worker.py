@@ -305,7 +305,10 @@ class SupervisorWorker(Actor):
         except ValueError:
             return
         state = await self._state(run_id)
-        await msg.respond(codec.encode_json(state) if state is not None else b"")
+        if state is None:  # JSON either way: `nats req rv.status.RUN ''` is read by people
+            await msg.respond(codec.json_bytes({"run_id": run_id, "error": f"no run {run_id!r} is known"}))
+            return
+        await msg.respond(codec.encode_json(state))
 
     async def _state(self, run_id: str) -> RunState | None:
         """The run's state: live, or while its partition catches up, the last one written (a
@@ -355,7 +358,7 @@ class SupervisorWorker(Actor):
         try:
             for run_id in run_ids:
                 try:
-                    data = codec.encode(self.engine.state(run_id))
+                    data = codec.encode_json(self.engine.state(run_id))  # JSON: read by people (DESIGN §8)
                 except Exception as exc:  # one run's state must never keep the others' from being written
                     if self._unwritable.due():
                         log.warning("state of run %s cannot be written to rv_runs: %s", run_id, exc,
