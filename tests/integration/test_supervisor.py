@@ -246,6 +246,21 @@ async def test_a_flood_of_undecodable_steps_is_counted_and_said_once(
         assert worker.engine.state(run_id).status is RunStatus.STOPPED
 
 
+async def test_a_step_naming_another_run_than_its_subject_is_rejected(
+    worker: SupervisorWorker, agent_nc: Client, run_id: str
+) -> None:
+    # Published on one run's subject, a payload naming a victim run once fed the victim's window:
+    # ten of them got it stopped as a loop it never made.
+    victim, sender = f"{run_id}-victim", f"{run_id}-sender"
+    before = worker._rejections.total
+    js = agent_nc.jetstream()
+    for event in find_file_loop(victim, 0, repeats=8):
+        await js.publish(subjects.step(sender), codec.encode(event))
+    await eventually(lambda: worker._rejections.total - before >= 24, what="every misaddressed step rejected")
+    assert victim not in worker.engine.windows
+    assert sender not in worker.engine.windows
+
+
 async def test_worker_that_loses_its_lease_stops_deciding(
     worker: SupervisorWorker, agent_nc: Client, operator: Client, admin: Client, run_id: str
 ) -> None:

@@ -216,6 +216,10 @@ class SupervisorWorker(Actor):
         """Judge one step; ``stored_at`` (epoch seconds) is given for history (see ``Followers``)."""
         try:
             event = codec.decode(StepEvent, msg.data)
+            if not msg.subject.endswith(f".{event.run_id}"):
+                # A step is judged as the run whose subject it came on: a payload naming another run
+                # would feed that run's window (publish permissions are per subject, not per payload).
+                raise DecodeError(f"StepEvent: run_id {event.run_id!r} is not the run of its subject")
         except DecodeError as exc:
             await self._rejected("step", msg.subject, exc, replayed=stored_at is not None)
             return
