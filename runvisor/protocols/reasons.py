@@ -27,10 +27,10 @@ class StopReason(StrEnum):
 
 #: What an operator should do next, per reason; shown by `runvisor why` and carried in stops.
 RECOVERY_HINTS: dict[StopReason, str] = {
-    StopReason.LOOP_DETECTED: "inspect the repeated steps; change the prompt or tool output, then resume or kill",
-    StopReason.NO_PROGRESS: "the run stopped finding anything new; check the goal is reachable, then resume or kill",
-    StopReason.BUDGET_EXCEEDED: "raise the named budget in the run's policy and resume, or kill the run",
-    StopReason.RETRY_LIMIT_REACHED: "the tool keeps failing; fix the tool or its input before resuming",
+    StopReason.LOOP_DETECTED: "inspect the repeated steps, fix prompt or tool output; resume if paused, else restart",
+    StopReason.NO_PROGRESS: "nothing new for a while; check the goal is reachable; resume if paused, else restart",
+    StopReason.BUDGET_EXCEEDED: "raise the named budget in the run's policy; resume if paused, else restart",
+    StopReason.RETRY_LIMIT_REACHED: "the tool keeps failing; fix the tool or its input before the run goes on",
     StopReason.TOOL_FAILURE: "the tool is failing (possibly behind a successful-looking response); check the tool",
     StopReason.TIMEOUT: "the run or its tool call went silent; check the agent process and the tool executor",
     StopReason.USER_PAUSED: "paused by an operator; `runvisor resume RUN` continues from the checkpoint",
