@@ -61,9 +61,9 @@ class Sparing:
         #: ``time.monotonic()`` of the last line, None before the first (or after ``reset``).
         self.logged_at: float | None = None
 
-    def due(self) -> bool:
-        """Whether to log now; if so, now counts as logged."""
-        now = time.monotonic()
+    def due(self, now: float | None = None) -> bool:
+        """Whether to log now (``time.monotonic()`` unless given); if so, now counts as logged."""
+        now = time.monotonic() if now is None else now
         if self.logged_at is not None and now - self.logged_at < self.every_s:
             return False
         self.logged_at = now

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runvisor.actors.connection import Sparing
+
 #: Runs remembered for per-run reporting; past this the memory is cleared (a burst of new run ids
 #: may then be reported again, never kept without bound).
 MAX_REMEMBERED_RUNS = 10_000
@@ -34,7 +36,7 @@ class Rejections:
         self.every_s = every_s
         self.total = 0
         self._unlogged = 0
-        self._logged_at: float | None = None
+        self._log = Sparing(every_s)
         self._reported_at: dict[str, float] = {}
 
     def add(self, run_id: str, now: float, *, replayed: bool = False) -> Said:
@@ -44,8 +46,8 @@ class Rejections:
             return Said(0, report=False)
         self._unlogged += 1
         log_count = 0
-        if self._logged_at is None or now - self._logged_at >= self.every_s:
-            log_count, self._unlogged, self._logged_at = self._unlogged, 0, now
+        if self._log.due(now):
+            log_count, self._unlogged = self._unlogged, 0
         last = self._reported_at.get(run_id)
         report = last is None or now - last >= self.every_s
         if report:
