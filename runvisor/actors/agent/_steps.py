@@ -55,7 +55,7 @@ class _Unacked:
     data: bytes
     headers: dict[str, str]
     first_sent: float
-    sent: float = 0.0
+    sent: float
     ack: asyncio.Future[PubAck] | None = None  # None: refused, or never handed to nats-py; to send again
 
 
@@ -90,7 +90,8 @@ class StepStream:
             seq = self.reserve()
         event = StepEvent(run_id=self.run_id, seq=seq, ts=self.clock(), kind=kind, **fields)
         headers = {**codec.MSGPACK_HEADERS, MSG_ID: f"{self.run_id}:{seq}"}
-        step = _Unacked(codec.encode(event), headers, time.monotonic())
+        now = time.monotonic()
+        step = _Unacked(codec.encode(event), headers, first_sent=now, sent=now)
         if len(self._unacked) >= MAX_UNACKED:
             oldest = next(iter(self._unacked))
             self._give_up(oldest, f"over {MAX_UNACKED} steps were waiting for the server")
@@ -137,7 +138,7 @@ class StepStream:
     # -- sending and sending again -----------------------------------------------------
 
     async def _send(self, seq: int, step: _Unacked) -> None:
-        step.sent = time.monotonic()
+        """Hand ``step`` to nats-py (the caller has set ``step.sent``)."""
         try:
             ack = await self.js.publish_async(self._subject, step.data, headers=step.headers)
         except Exception as exc:  # nats-py's reconnect buffer full, the connection closed: later
@@ -172,6 +173,7 @@ class StepStream:
                     elif step.ack is None or (not step.ack.done() and now - step.sent > ACK_WAIT_S):
                         if step.ack is not None:
                             step.ack.cancel()  # frees publish_async's slot (it allows 4,000 pending)
+                        step.sent = now
                         await self._send(seq, step)
                 self._flush_lost_log()
         finally:
