@@ -28,14 +28,18 @@ from runvisor.protocols.policy import Policy
 async def embedded_server(home: Path | None = None) -> AsyncIterator[EmbeddedServer]:
     """A provisioned nats-server on loopback and free ports; its data in ``home`` (a new temporary
     directory when None, removed on exit). Connect with ``server.endpoint(role)``."""
-    with tempfile.TemporaryDirectory(prefix="runvisor-test-") as tmp:
-        async with EmbeddedServer(home or Path(tmp)) as server:
-            admin = await connect(server.endpoint("admin"), "runvisor-testing")
-            try:
-                await provision(admin)
-            finally:
-                await admin.close()
-            yield server
+    if home is None:
+        with tempfile.TemporaryDirectory(prefix="runvisor-") as tmp:
+            async with embedded_server(Path(tmp)) as server:
+                yield server
+        return
+    async with EmbeddedServer(home) as server:
+        admin = await connect(server.endpoint("admin"), "runvisor-provision")
+        try:
+            await provision(admin)
+        finally:
+            await admin.close()
+        yield server
 
 
 def judge(events: Iterable[StepEvent], policy: Policy | None = None) -> list[Verdict]:

@@ -18,14 +18,12 @@ from nats.aio.client import Client
 from runvisor.actors.connection import connect
 from runvisor.actors.endpoint import Role
 from runvisor.actors.server import EmbeddedServer, provision
+from runvisor.testing import embedded_server
 
 
 @pytest_asyncio.fixture(scope="session")
 async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedServer]:
-    async with EmbeddedServer(tmp_path_factory.mktemp("nats")) as srv:
-        nc = await connect(srv.endpoint("admin"), "test-provision")
-        await provision(nc)
-        await nc.close()
+    async with embedded_server(tmp_path_factory.mktemp("nats")) as srv:
         yield srv
 
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -22,14 +20,14 @@ from nats.aio.msg import Msg
 from runvisor.actors.agent import Run, RunKilled, RunStopped
 from runvisor.actors.connection import connect
 from runvisor.actors.operator import describe, fetch_state, send_command
-from runvisor.actors.server import EmbeddedServer, provision
+from runvisor.actors.server import EmbeddedServer
 from runvisor.actors.sim import SCENARIOS, Scenario, demo_tools
 from runvisor.actors.supervisor.worker import SupervisorWorker
 from runvisor.actors.tools import ToolExecutor
 from runvisor.protocols import codec, subjects
 from runvisor.protocols.messages import Command, RunState, ToolRequest, ToolResult
 from runvisor.protocols.reasons import RunStatus
-from runvisor.testing import eventually
+from runvisor.testing import embedded_server, eventually
 
 DEMO_TIMEOUT_S = 90.0
 
@@ -39,40 +37,36 @@ def say(text: str) -> None:
 
 
 async def run_demo(stop: asyncio.Event) -> int:
-    with tempfile.TemporaryDirectory(prefix="runvisor-demo-") as tmp:
-        async with EmbeddedServer(Path(tmp)) as server:
-            say(f"nats-server started at {server.url} (JetStream in {tmp})")
-            admin = await connect(server.endpoint("admin"), "demo-admin")
-            await provision(admin)
-            await admin.close()
-            actors_stop = asyncio.Event()
-            supervisor = SupervisorWorker(server.endpoint("supervisor"), worker_id="demo", tick_s=0.2, flush_s=0.1)
-            tools = ToolExecutor(demo_tools, server.endpoint("tool"))
-            operator = await connect(server.endpoint("operator"), "demo-operator")
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(supervisor.run(actors_stop))
-                    tg.create_task(tools.run(actors_stop))
-                    try:
-                        await _ready(supervisor, server)
-                        say(f"supervisor worker holds {len(supervisor.leases.owned)} partitions; tool executor serves "
-                            f"{', '.join(t.name for t in demo_tools)}")  # fmt: skip
-                        await _follow(operator)
-                        play = asyncio.create_task(_play(server, operator))
-                        interrupted = asyncio.create_task(stop.wait())
-                        await asyncio.wait({play, interrupted}, return_when=asyncio.FIRST_COMPLETED)
-                        interrupted.cancel()
-                        if not play.done():
-                            play.cancel()
-                            say("interrupted")
-                            return 130
-                        outcomes = play.result()
-                        await asyncio.sleep(0.3)  # let the last states reach rv_runs
-                        return await _report(operator, outcomes)
-                    finally:
-                        actors_stop.set()
-            finally:
-                await operator.close()
+    async with embedded_server() as server:
+        say(f"nats-server started at {server.url}, provisioned (JetStream in {server.home})")
+        actors_stop = asyncio.Event()
+        supervisor = SupervisorWorker(server.endpoint("supervisor"), worker_id="demo", tick_s=0.2, flush_s=0.1)
+        tools = ToolExecutor(demo_tools, server.endpoint("tool"))
+        operator = await connect(server.endpoint("operator"), "demo-operator")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(supervisor.run(actors_stop))
+                tg.create_task(tools.run(actors_stop))
+                try:
+                    await _ready(supervisor, server)
+                    say(f"supervisor worker holds {len(supervisor.leases.owned)} partitions; tool executor serves "
+                        f"{', '.join(t.name for t in demo_tools)}")  # fmt: skip
+                    await _follow(operator)
+                    play = asyncio.create_task(_play(server, operator))
+                    interrupted = asyncio.create_task(stop.wait())
+                    await asyncio.wait({play, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+                    interrupted.cancel()
+                    if not play.done():
+                        play.cancel()
+                        say("interrupted")
+                        return 130
+                    outcomes = play.result()
+                    await asyncio.sleep(0.3)  # let the last states reach rv_runs
+                    return await _report(operator, outcomes)
+                finally:
+                    actors_stop.set()
+        finally:
+            await operator.close()
     return 1
 
 
