@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from runvisor.protocols.messages import MAX_ARGS_CHARS, MAX_TEXT_CHARS
+from runvisor.protocols.messages import MAX_TEXT_CHARS, args_fit
 
 #: Characters of over-large arguments kept in a step event, so a human still sees what was called.
 ARGS_PREVIEW_CHARS = 2_000
@@ -41,8 +41,12 @@ def clip_text(text: str | None) -> str | None:
 
 
 def fits(args: dict[str, Any] | None) -> bool:
-    """Whether ``args`` is within the protocol's size limit (the same measure the models use)."""
-    return args is None or len(repr(args)) <= MAX_ARGS_CHARS
+    """Whether ``args`` is within the protocol's size limit (the models' own measure, ``args_fit``).
+
+    Raises:
+        ValueError: ``args`` nest too deeply to be measured (see ``args_fit``).
+    """
+    return args_fit(args)
 
 
 def step_args(args: dict[str, Any] | None) -> dict[str, Any] | None:
