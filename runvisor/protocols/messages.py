@@ -98,11 +98,25 @@ class StepEvent(_Wire):
     policy: Policy | None = None
 
 
+class Spent(_Wire):
+    """What a pattern cost from its onset (the first seq of its evidence) to the verdict."""
+
+    since_seq: Count
+    steps: Count = 0
+    tokens: Count = 0
+    cost_usd: Money = 0.0
+
+    def describe(self) -> str:
+        """One phrase for people: "23 steps, 42,100 tokens, $0.31 since seq 41"."""
+        return f"{self.steps} steps, {self.tokens:,} tokens, ${self.cost_usd:.2f} since seq {self.since_seq}"
+
+
 class Evidence(_Wire):
-    """Why a verdict was reached: a sentence a human reads, and the seqs that prove it."""
+    """Why a verdict was reached: a sentence a human reads, the seqs that prove it, and what it cost."""
 
     summary: Text
     seqs: tuple[Count, ...] = ()
+    spent: Spent | None = None
 
 
 class Verdict(_Wire):
@@ -169,6 +183,22 @@ class Counters(_Wire):
     errors: Count = 0
 
 
+class ProgressSignal(_Wire):
+    """"Are we closer to the goal than several steps ago?" for one run, read by operators (DESIGN §4).
+
+    ``source`` is ``"agent"`` when the agent reports ``progress`` (``value`` is its best value so
+    far), else ``"novelty"`` (``value`` is the share of the last ``window`` actions whose observation
+    was new). ``stale_actions`` counts actions since progress last rose or a new observation came;
+    the no-progress detector acts when it reaches ``limit``.
+    """
+
+    source: Literal["agent", "novelty"]
+    value: float = Field(default=0.0, allow_inf_nan=False)
+    stale_actions: Count = 0
+    limit: Count = 0
+    window: Count = 0
+
+
 class RunState(_Wire):
     """The live state of one run, kept in KV ``rv_runs`` by the run's supervisor."""
 
@@ -185,6 +215,7 @@ class RunState(_Wire):
     started_at: Money = 0.0
     updated_at: Money = 0.0
     last_verdict: Verdict | None = None
+    signal: ProgressSignal | None = None
 
 
 class Intent(_Wire):
@@ -254,7 +285,9 @@ __all__ = [
     "Evidence",
     "Intent",
     "Policy",
+    "ProgressSignal",
     "RunState",
+    "Spent",
     "StepEvent",
     "StepKind",
     "ToolRequest",
