@@ -31,9 +31,23 @@ class Policy(BaseModel):
     cycle_max_period: int = Field(default=10, ge=2, le=32, description="longest repeated block, in actions")
     cycle_min_repeats: int = Field(default=3, ge=2, description="repeats of a block to call it a cycle")
     near_dup_threshold: int = Field(default=4, ge=2, description="near-identical action+observation pairs")
-    near_dup_max_distance: int = Field(default=3, ge=0, le=32, description="simhash Hamming distance")
+    near_dup_max_distance: int = Field(
+        default=8, ge=0, le=32, description="simhash Hamming distance (unrelated texts: about 32; 8: cosine ~0.92)"
+    )
     same_error_threshold: int = Field(default=4, ge=2, description="same normalized error repeated")
     fruitless_search_threshold: int = Field(default=4, ge=2, description="same search finding nothing, anywhere")
+    empty_answers_threshold: int = Field(
+        default=6, ge=2, description="negative answers (no matches, not found, empty search) in the span, any query"
+    )
+    empty_answers_span: int = Field(default=8, ge=2, le=64, description="recent actions judged for empty answers")
+    rejected_input_threshold: int = Field(
+        default=5, ge=2, description="the agent's input rejected (parse errors, unknown commands, ...) in 2x actions"
+    )
+    replay_min_block: int = Field(default=5, ge=2, le=64, description="a block of actions replayed in order, anywhere")
+    error_rhythm_threshold: int = Field(
+        default=6, ge=2, description="the same error again and again, each within error_rhythm_gap actions"
+    )
+    error_rhythm_gap: int = Field(default=4, ge=1, le=64, description="most actions between two of the same error")
 
     # Progress
     no_progress_steps: int = Field(default=30, ge=4, description="actions without novelty or progress")

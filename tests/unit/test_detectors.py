@@ -116,16 +116,30 @@ def test_cycle_longer_than_the_bound_is_not_a_cycle() -> None:
     assert not s.fired(Cycle(), policy)
 
 
-def test_recurrence_of_a_rerun_with_the_same_result_between_edits() -> None:
-    # The edits change the file, but the reproduction script prints the same thing every time.
+def test_a_rerun_after_real_edits_with_the_same_result_is_not_a_recurrence() -> None:
+    # DESIGN §4's false stop: the edits change the file, the script still prints the same thing.
+    s = Script()
+    for i in range(4):
+        s.act("python3 test_valid_path.py", "Running quickstart... Error: Please enter a valid path name.")
+        s.act(f"sed -i 's/timeout={i}/timeout={i + 1}/' test_valid_path.py", "")
+    s.act("python3 test_valid_path.py", "Running quickstart... Error: Please enter a valid path name.")
+    assert Recurrence().check(s.window, POLICY) is None
+    assert loop_findings(s) == []
+
+
+def test_recurrence_of_a_rerun_with_nothing_changed_in_between() -> None:
+    # Reads in between change nothing: the same question, the same answer, four times.
     s = Script()
     calls = []
     for i in range(4):
         calls.append(
             s.act("python3 test_valid_path.py", "Running quickstart... Error: Please enter a valid path name.")
         )
-        s.act(f"sed -i 's/timeout={i}/timeout={i + 1}/' test_valid_path.py", "")
+        s.act(f"sed -n {10 * i + 1},{10 * i + 10}p test_valid_path.py", f"line {i}")
+    verdict = Recurrence().check(s.window, POLICY)
+    assert verdict is None  # the latest action is the read
     s.act("python3 test_valid_path.py", "Running quickstart... Error: Please enter a valid path name.")
+    calls.append(s.seq - 1)
     verdict = Recurrence().check(s.window, POLICY)
     assert verdict is not None
     assert set(calls) <= set(verdict.evidence.seqs)
@@ -312,7 +326,9 @@ def test_numbers_only_changes_of_a_rerun_between_edits_are_not_a_loop() -> None:
 
 def test_paging_through_a_file_is_not_a_loop() -> None:
     s = Script()
-    lines = [f"def function_{n}(arg_{n}):\n    return compute_{n}(arg_{n}) + offset_{n}" for n in range(400)]
+    words = ["parse", "render", "load", "store", "check", "merge", "split", "encode", "decode", "fetch", "send"]
+    nouns = ["token", "header", "record", "config", "cache", "schema", "buffer", "index", "stream", "query"]
+    lines = [f"def {words[n % 11]}_{nouns[n // 11 % 10]}_{n}(x):\n    return {nouns[n % 10]}(x)" for n in range(400)]
     for page in range(12):
         body = "\n".join(lines[page * 30 : page * 30 + 30])
         s.act("scroll_down", f"[File: src/big.py (400 lines total)]\n{body}", tool="scroll_down")
@@ -552,13 +568,15 @@ def test_stall_timers_earlier_deadline_wins() -> None:
 
 def test_ring_lookup_ignores_matches_across_slots() -> None:
     ring = _ring.new_ring(4)
-    _ring.put(ring, 0, (0x1122334455667788).to_bytes(8, "little"))
-    _ring.put(ring, 1, (0x99AABBCCDDEEFF00).to_bytes(8, "little"))
-    straddling = bytes(ring[4:12])  # the high half of slot 0 and the low half of slot 1
+    _ring.put(ring, 0, _ring.key(0x11223344))
+    _ring.put(ring, 1, _ring.key(0x99AABBCC))
+    straddling = bytes(ring[2:6])  # the high half of slot 0 and the low half of slot 1
     assert _ring.slots_of(ring, straddling) == []
     assert not _ring.contains(ring, straddling)
-    assert _ring.slots_of(ring, _ring.key(0x99AABBCCDDEEFF00)) == [1]
-    assert _ring.get(ring, 0) == 0x1122334455667788
+    assert _ring.slots_of(ring, _ring.key(0x99AABBCC)) == [1]
+    assert _ring.get(ring, 0) == 0x11223344
+    # A slot keeps a digest's low 32 bits, never 0 (an empty slot).
+    assert _ring.key(0x55AA_0000_0000) == _ring.key(1)
 
 
 def test_evidence_seqs_survive_the_ring() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from runvisor.actors.supervisor.detection.fingerprint import action_digest, render_args, short
+import re
+
+from runvisor.actors.supervisor.detection.fingerprint import action_digests, render_args, short
 from runvisor.protocols.messages import StepEvent
 
 #: Commands whose empty output is never evidence of a loop: moving around and listing
@@ -10,10 +12,62 @@ from runvisor.protocols.messages import StepEvent
 NAVIGATION_TOOLS = frozenset({"cd", "ls", "pwd", "pushd", "popd", "dir", "tree", "clear", "true"})
 
 
-def action_of(event: StepEvent) -> tuple[int, str, str]:
-    """The action's digest, its label and its rendered arguments, rendering them once."""
+# A shell command that changes files or the environment: in-place edits, redirections into a
+# file, file operations, version control that rewrites the tree, installs. Reading commands
+# (cat, grep, ls, python x.py, pytest) change nothing an agent re-reads.
+_SHELL_CHANGE = re.compile(
+    r"(?:^|[;&|(]\s*|\s)(?:sed|perl)\s+(?:-\w+\s+)*-i|(?<![<>&0-9-])>>?\s*[\w./~\"'$]|\btee\b|"
+    r"(?:^|[;&|]\s*)(?:patch|mv|cp|rm|mkdir|touch|chmod|ln|truncate)\b|"
+    r"\bgit\s+(?:apply|checkout|commit|stash|reset|restore|am|cherry-pick|merge|rebase|rm|mv|add)\b|"
+    r"\b(?:pip3?|conda|npm|apt(?:-get)?|yarn|poetry|uv)\s+(?:\S+\s+)*?(?:install|uninstall|remove|add)\b|"
+    r"\bsetup\.py\s+(?:install|develop|build)|"
+    r"^(?:edit|create|insert|append|str_replace|undo_edit)\b",
+    re.ASCII,
+)
+# Words one of which a changing command (but a redirection or ``sed -i``) holds: the regex's prefilter.
+_CHANGE_WORDS = frozenset(
+    (
+        *("tee", "patch", "mv", "cp", "rm", "mkdir", "touch", "chmod", "ln", "truncate", "git", "setup.py"),
+        *("pip", "pip3", "conda", "npm", "apt", "apt-get", "yarn", "poetry", "uv"),
+        *("edit", "create", "insert", "append", "str_replace", "undo_edit"),
+    )
+)
+# A tool whose name says it changes something (``update_reservation``, ``write_file``, ``send_email``).
+_CHANGE_TOOL = re.compile(
+    r"(?:create|update|edit|write|delete|insert|modify|set|book|cancel|send|transfer|add|remove|apply|patch|"
+    r"put|post|save|submit|exchange|return|replace|append|move|rename|install)(?:_|$)",
+    re.IGNORECASE | re.ASCII,
+)
+
+_JSON_VERB = re.compile(r'"command": "(\w+)"')
+_EDITOR_CHANGES = frozenset({"create", "str_replace", "insert", "undo_edit", "write", "edit", "append"})
+
+
+def action_of(event: StepEvent) -> tuple[int, int, str, str]:
+    """The action's exact and number-masked digests, its label and its rendered arguments."""
     rendered = render_args(event.args)
-    return action_digest(event.tool, event.args, rendered), _label(event.tool, rendered), rendered
+    exact, loose = action_digests(event.tool, rendered)
+    return exact, loose, _label(event.tool, rendered), rendered
+
+
+def is_change(tool: str | None, command: str) -> bool:
+    """Whether an action changes the world its agent observes: an edit, a write, an install, a booking.
+
+    A re-run after such a change that gives the same answer is testing; the same answer with
+    nothing changed in between is asking again.
+    """
+    if command.startswith("{") or not command:
+        # An editor tool (``str_replace_editor``) says what it does in its ``command`` argument.
+        verb = _JSON_VERB.search(command)
+        if verb is not None:
+            return verb.group(1) in _EDITOR_CHANGES
+        return tool is not None and _CHANGE_TOOL.match(tool) is not None
+    if tool is not None and _CHANGE_TOOL.match(tool) is not None:
+        return True
+    # Most commands read (cat, grep, python x.py): a set of their words decides that without a regex.
+    if ">" not in command and "-i" not in command and _CHANGE_WORDS.isdisjoint(command.split()):
+        return False
+    return _SHELL_CHANGE.search(command) is not None
 
 
 def _label(tool: str | None, rendered: str) -> str:
@@ -30,4 +84,4 @@ def is_empty_output(observation: str | None) -> bool:
     return not text.replace("</output>", "").strip()
 
 
-__all__ = ["NAVIGATION_TOOLS", "action_of", "is_empty_output"]
+__all__ = ["NAVIGATION_TOOLS", "action_of", "is_change", "is_empty_output"]

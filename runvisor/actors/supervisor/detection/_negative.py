@@ -85,6 +85,11 @@ def negative_key(command: str, observation: str | None, failed: bool, navigation
     return digest(f"negative\x1f{word}\x1f{question}\x1f{answer}")
 
 
+def mask_places(text: str) -> str:
+    """``text`` with its places masked: paths, URLs, file and host names become ``<path>``."""
+    return _PATH.sub("<path>", text) if "/" in text or "." in text else text
+
+
 def says_nothing(body: str) -> bool:
     """Whether ``body`` contains a phrase that says "nothing here" ("No matches found", "not found", ...)."""
     lowered = body.lower()
@@ -112,4 +117,4 @@ def _question(command: str) -> tuple[str, str]:
     return word, ""
 
 
-__all__ = ["negative_key", "says_nothing"]
+__all__ = ["mask_places", "negative_key", "says_nothing"]

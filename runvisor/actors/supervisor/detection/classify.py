@@ -3,10 +3,23 @@
 A tool can fail behind a successful-looking response: HTTP 200 with an error body,
 ``{"ok": false}``, an ``"Error: ..."`` string, a traceback. The tool executor reuses
 :func:`is_hidden_failure` to decide the same thing on its side.
+
+Where a failure came from decides what the operator must do (:func:`failure_origin`):
+
+* ``TOOL``: the tool or its infrastructure failing (timeouts, connection errors, 5xx, rate
+  limits, open breakers, exhausted resources, exceptions raised by a tool). Fix the tool:
+  a streak of these is ``TOOL_FAILURE``.
+* ``AGENT``: the agent's own input rejected (shell parse errors, unknown commands, missing
+  paths, usage messages, an editor's syntax check, a validation error, a malformed response).
+  The tool works; a streak of these is the agent looping.
+* ``RAN``: a shell command that ran and failed in its own terms (failing tests, a script's
+  traceback or "Error:" line, a non-zero exit status). That is the agent's work going on, and
+  neither of the above.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 
@@ -27,6 +40,85 @@ _JSON_ERROR_KEYS = ("error", "errors", "exception")
 # result where one is required", DESIGN §4). Shell commands (``ls``, ``grep``) and tools that act
 # or think (``think``, ``update_x``) are not among them: empty is a normal answer from those.
 _DATA_TOOL = re.compile(r"(?:get|fetch|export|query|lookup|search|retrieve|download|list)_", re.IGNORECASE)
+
+
+class Origin(enum.IntEnum):
+    """Where a failure came from (see the module doc)."""
+
+    TOOL = 1
+    AGENT = 2
+    RAN = 3
+
+
+# The tool or its infrastructure failing, wherever it is said: no agent input causes these.
+_INFRA = re.compile(
+    r"timed? ?out|deadline exceeded|connection (?:refused|reset|aborted|error|closed)|"
+    r"connectionerror|broken pipe|network is unreachable|temporary failure in name resolution|"
+    r"name or service not known|\b(?:http|status|code)[ /:=]*(?:\d(?:\.\d)? )?(?:5\d\d|429)\b|"
+    r"\b(?:500 internal server error|502 bad gateway|503 service unavailable|504 gateway timeout)\b|"
+    r"(?:error|status|upstream|http)\W{0,3}(?:5\d\d|429)\b|upstream connect|"
+    r"internal server error|service unavailable|bad gateway|rate[ -]?limit|too many requests|quota exceeded|"
+    r"circuit breaker|breaker open|retry budget|out of memory|memoryerror|no space left on device|"
+    r"segmentation fault|unauthorized|forbidden|invalid (?:api )?(?:token|credentials|api key)|"
+    r"permission denied|access denied",
+    re.IGNORECASE | re.ASCII,
+)
+# The agent's input rejected: by the shell (parse errors, unknown commands, missing paths), by a
+# command's argument parser (usage), by an editor's or a harness's checks, by a validator.
+_REJECTED = re.compile(
+    r"syntax error|unexpected (?:eof|end of file)|command not found|no such file or directory|"
+    r"not a directory|can't open file|cannot access|^usage:|\nusage:|invalid (?:option|choice|action|command|"
+    r"argument|arguments|input|value|parameter|json|request|syntax)|unrecognized (?:option|arguments?)|"
+    r"missing (?:operand|required|argument)|the following arguments are required|"
+    r"proposed edit has introduced|\bE999\b|no replacement was performed|did not appear verbatim|"
+    r"could not find|not found|does not exist|no (?:such|matching) |validation (?:error|failed)|is required|"
+    r"unknown (?:tool|command|action|option|argument|function)|not (?:a valid|allowed)|format_error",
+    re.IGNORECASE | re.ASCII,
+)
+#: What the shell or a command's own argument handling says comes first: past this, output is
+#: the command's work (a test log, a script's traceback), whose words are not about the input.
+_HEAD_CHARS = 300
+
+
+def failure_origin(observation: str | None, error: str | None, *, shell: bool, message: bool = False) -> Origin:
+    """Where a failed action's failure came from (see the module doc).
+
+    Args:
+        observation: the tool's output.
+        error: the result's error field.
+        shell: the action was a shell command (its arguments are a ``command``).
+        message: the action was a malformed agent response (a harness format error).
+
+    Returns:
+        ``AGENT`` for rejected input, ``TOOL`` for a failing tool or infrastructure (and for any
+        other failure of a tool that is not a shell: an exception, an error body), ``RAN`` for
+        any other failure of a shell command: it ran, and what it says is its own business.
+    """
+    if message:
+        return Origin.AGENT
+    body = _WRAPPER.sub("", observation or "", count=1)
+    text = f"{error or ''}\n{body[:_HEAD_CHARS]}" if shell else f"{error or ''}\n{body[: 2 * _HEAD_CHARS]}"
+    if _INFRA.search(text):
+        return Origin.TOOL
+    if shell and body.lstrip().startswith("Traceback"):
+        return Origin.RAN  # a script's exception: its words are not the shell's about the input
+    if _REJECTED.search(text):
+        return Origin.AGENT
+    return Origin.RAN if shell else Origin.TOOL
+
+
+# A command's usage message instead of its work: the agent's arguments were refused (``Usage: open
+# "<file>" [<line_number>]``), unless the agent asked for help.
+_USAGE = re.compile(r"^\s*usage:", re.IGNORECASE)
+_ASKS_HELP = re.compile(r"(?:^|\s)(?:-h|--help|help)(?:\s|$)")
+
+
+def is_usage_reply(observation: str | None, command: str) -> bool:
+    """Whether ``observation`` is a usage message the agent did not ask for (its input was refused)."""
+    if not observation:
+        return False
+    body = _WRAPPER.sub("", observation, count=1)
+    return _USAGE.match(body) is not None and _ASKS_HELP.search(command) is None
 
 
 def is_hidden_failure(observation: str | None, *, content_required: bool = False) -> bool:
@@ -81,4 +173,4 @@ def error_text(observation: str | None, error: str | None) -> str:
     return body or (error or "").strip()
 
 
-__all__ = ["content_required", "error_text", "is_hidden_failure"]
+__all__ = ["Origin", "content_required", "error_text", "failure_origin", "is_hidden_failure", "is_usage_reply"]

@@ -17,7 +17,18 @@ from __future__ import annotations
 from typing import ClassVar, Protocol
 
 from runvisor.actors.supervisor.detection.fingerprint import hamming, short
-from runvisor.actors.supervisor.detection.window import FAILED, MESSAGE, RETRY, TRIVIAL, RunWindow
+from runvisor.actors.supervisor.detection.window import (
+    CHANGE,
+    FAILED,
+    LOOSE_REPEAT,
+    MESSAGE,
+    NEGATIVE,
+    REJECTED,
+    REPEAT,
+    RETRY,
+    TRIVIAL,
+    RunWindow,
+)
 from runvisor.protocols.messages import Evidence, Verdict
 from runvisor.protocols.policy import Policy
 from runvisor.protocols.reasons import RECOVERY_HINTS, StopReason
@@ -28,6 +39,9 @@ class Detector(Protocol):
 
     name: str
     reason: StopReason
+    #: Signals (``RunWindow.signals``) the latest action must all have for this detector to find
+    #: anything: the engine asks only then, so most actions cost one bit test per detector.
+    needs: int
 
     def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
         """Judge the window after its latest action; ``None`` when nothing is wrong."""
@@ -39,13 +53,22 @@ def _at(threshold: int, slack: int) -> int:
     return max(2, threshold - slack)
 
 
-def finding(window: RunWindow, detector: str, reason: StopReason, summary: str, seqs: tuple[int, ...]) -> Verdict:
-    """A warn-severity verdict at the window's latest event; the engine raises the severity."""
+def finding(
+    window: RunWindow, detector: str, reason: StopReason, summary: str, seqs: tuple[int, ...], *, spent: bool = True
+) -> Verdict:
+    """A warn-severity verdict at the window's latest event; the engine raises the severity.
+
+    With ``spent`` the evidence says what the run spent from the pattern's onset (its first seq)
+    on, when that action is still in the window.
+    """
+    cost = window.spent_since(seqs[0]) if spent and seqs else None
+    if cost is not None:
+        summary = f"{summary}; it cost {cost.describe()}"
     return Verdict(
         run_id=window.run_id,
         reason=reason,
         severity="warn",
-        evidence=Evidence(summary=summary[:4096], seqs=seqs),
+        evidence=Evidence(summary=summary[:4096], seqs=seqs, spent=cost),
         detector=detector,
         at_seq=window.last_seq,
         ts=window.last_seen,
@@ -67,6 +90,7 @@ class ExactRepeat:
 
     name = "exact_repeat"
     reason = StopReason.LOOP_DETECTED
+    needs = REPEAT
 
     def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
         """Fire when the latest action extends a streak of identical pairs."""
@@ -83,14 +107,15 @@ class Cycle:
 
     name = "cycle"
     reason = StopReason.LOOP_DETECTED
+    needs = REPEAT
 
     def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
         """Fire on the shortest period whose rolling match run covers the repeats."""
-        if window.pair_count < 2:
+        runs = window.runs
+        if not runs:
             return None  # the latest pair is new to the window: nothing repeats
-        top = min(policy.cycle_max_period, len(window.cycle_run) - 1)
-        for period in range(2, top + 1):
-            matched = window.cycle_run[period]
+        for period in sorted(d for d in runs if 2 <= d <= policy.cycle_max_period):
+            matched = runs[period]
             if matched < (policy.cycle_min_repeats - 1) * period - slack:
                 continue
             if window.streak >= period:
@@ -108,19 +133,21 @@ class Cycle:
 
 
 class Recurrence:
-    """The same (action, observation) ``near_dup_threshold`` times in the window, in a row or not.
+    """The same (action, observation) ``near_dup_threshold`` times with nothing changed in between.
 
     Exact recurrence is the zero-distance case of a near-duplicate, so it shares that
     threshold, but it is counted over the whole window rather than a short span.
 
     An agent that re-issues an action and gets exactly the same answer learned nothing new
-    the second time; by the fourth, whatever it does in between is not changing that part
-    of the world (the same script re-run between edits with the same output, an 8-step
-    investigation replayed). A re-run whose output changes is a different pair.
+    the second time, unless it changed something in between: a test re-run after a real edit
+    that still gives the same output is testing (DESIGN §4), so only the occurrences since the
+    latest change (a first, successful edit, write, install or booking) count. A re-run whose
+    output changes is a different pair.
     """
 
     name = "recurrence"
     reason = StopReason.LOOP_DETECTED
+    needs = REPEAT
 
     def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
         """Fire when the latest pair has occurred often enough in the window."""
@@ -129,7 +156,14 @@ class Recurrence:
             return None
         if window.flags[window.last] & (TRIVIAL | MESSAGE):
             return None  # scattered format errors are SameError's to judge, by density
-        seqs = window.seqs(window.slots_of_last_pair())
+        slots = window.slots_of_last_pair()
+        changed = window.last_change()
+        if changed is not None:
+            slots = [i for i in slots if window.index_of(i) > changed]
+            count = len(slots)
+            if count < _at(policy.near_dup_threshold, slack):
+                return None
+        seqs = window.seqs(slots)
         summary = (
             f"{_span(seqs)}: `{window.label}` x{count} with the same result {_obs(window)}; "
             f"seqs {', '.join(map(str, seqs))}"
@@ -138,24 +172,28 @@ class Recurrence:
 
 
 class NearDuplicate:
-    """The same action with a near-identical observation ``near_dup_threshold`` times in a short span.
+    """The same action apart from numbers, with a near-identical observation, ``near_dup_threshold`` times.
 
     Catches the loops exact matching misses: the same edit applied again and again while
-    the file grows (observations differ only in line counts or line numbers). The span is
-    short on purpose (twice the threshold: about one other action between repeats):
+    the file grows (observations differ only in line counts or line numbers), an edit at a line
+    number that shifts each time, ``goto N`` in a file that fits on one screen. Actions are
+    compared with their lone numbers masked (``goto 120`` and ``goto 164``; not ``test_2``) and
+    observations by SimHash, so paging through a file (new content each time) is not one. The
+    span is short on purpose (twice the threshold: about one other action between repeats):
     re-reading a file or re-running a script now and then during a long session also
     gives near-identical outputs, and that is work, not a loop.
     """
 
     name = "near_duplicate"
     reason = StopReason.LOOP_DETECTED
+    needs = LOOSE_REPEAT
 
     def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
         """Fire when the latest action has enough near-twins in the window."""
         n = window.n
         if n == 0:
             return None
-        flags, size, act = window.flags, window.size, window.act
+        flags, size, act = window.flags, window.size, window.loose
         if flags[(n - 1) % size] & (TRIVIAL | MESSAGE):
             return None  # a malformed message has no action of its own to repeat; SameError judges it
         need = _at(policy.near_dup_threshold, slack)
@@ -180,13 +218,14 @@ class NearDuplicate:
 
     @staticmethod
     def _twins(window: RunWindow, span: range, max_distance: int) -> list[int]:
-        """Near-twins (action numbers) of the latest action, walking back until a one-off action intervenes.
+        """Near-twins (action numbers) of the latest action, walking back until something new intervenes.
 
-        A one-off action in between (an edit seen once in the span) changed the world, so a
-        re-run after it that gives a near-identical result is testing, not looping; actions
-        that themselves recur (a view between two identical edits) do not break the chain.
+        A change in between (a first, successful edit), or any other action that worked and
+        is seen once in the span, moved the agent on, so a re-run after it that gives a
+        near-identical result is work, not looping. Actions that themselves recur (a view
+        between two identical edits) and one-off attempts that failed do not break the chain.
         """
-        act, sim, flags, size = window.act, window.sim, window.flags, window.size
+        act, sim, flags, size = window.loose, window.sim, window.flags, window.size
         last = span[-1]
         action = act[last % len(act)]
         fingerprint = sim[last % len(sim)]
@@ -197,36 +236,38 @@ class NearDuplicate:
             if acts[pos] == action and not flags[m % size] & TRIVIAL:
                 if hamming(sim[m % len(sim)], fingerprint) <= max_distance:
                     twins.append(m)
-            elif acts.count(acts[pos]) == 1:
+            elif flags[m % size] & CHANGE or (acts.count(acts[pos]) == 1 and not flags[m % size] & FAILED):
                 break
         return twins
 
 
 class SameError:
-    """The same normalized error ``same_error_threshold`` times within twice as many actions.
+    """The same normalized error ``same_error_threshold`` times within twice as many actions, nothing changed.
 
     Density matters: an error hit now and then across a long run (a format slip, a
-    missing module probed once per approach) is not the agent stuck on it.
+    missing module probed once per approach) is not the agent stuck on it. So does change:
+    after a real edit the same failure is a test of that edit, so only occurrences since the
+    latest change count here (:class:`ErrorRhythm` judges an error that keeps coming back).
     """
 
     name = "same_error"
     reason = StopReason.LOOP_DETECTED
+    needs = FAILED
 
     def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
         """Fire when the latest action failed with an error seen often enough recently."""
         n = window.n
-        err = window.err
         if n == 0 or not window.flags[window.last] & FAILED:
             return None
-        error = err[(n - 1) % len(err)]
-        if not error:
-            return None
-        span = range(n - min(2 * policy.same_error_threshold, n, window.size, len(err)), n)
-        same = [m for m in span if err[m % len(err)] == error]
+        # Within the span, and since the latest change: a script re-run after real edits that fails
+        # the same way is testing (ErrorRhythm judges the same error coming back across changes).
+        changed = window.last_change()
+        since = max(n - 2 * policy.same_error_threshold, -1 if changed is None else changed + 1)
+        same = [i for i in window.error_slots() if window.index_of(i) >= since]
         count = len(same)
         if count < _at(policy.same_error_threshold, slack):
             return None
-        seqs = window.seqs([m % window.size for m in same])
+        seqs = window.seqs(same)
         text = short(window.fail_brief, 60)
         summary = f"{_span(seqs)}: the same error x{count}: '{text}' (latest `{window.label}`)"
         return finding(window, self.name, self.reason, summary, seqs)
@@ -245,6 +286,7 @@ class FruitlessSearch:
 
     name = "fruitless_search"
     reason = StopReason.LOOP_DETECTED
+    needs = NEGATIVE
 
     def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
         """Fire when the latest answer is negative and the same question got it often enough recently."""
@@ -264,20 +306,171 @@ class FruitlessSearch:
         return finding(window, self.name, self.reason, summary, seqs)
 
 
+class ErrorRhythm:
+    """The same error ``error_rhythm_threshold`` times, each within ``error_rhythm_gap`` actions of the last.
+
+    The rabbit holes of DESIGN §4: an edit-rerun cycle on a stand-in script that gives the same
+    error every few actions, or environment set-up where every command is new and each fails
+    the same way. Edits in between do not excuse it, so the count is higher than for a re-run
+    after real edits: a few re-runs with the same failure while fixing is work; the same error
+    coming back at a steady rhythm, attempt after attempt, is not.
+    """
+
+    name = "error_rhythm"
+    reason = StopReason.LOOP_DETECTED
+    needs = FAILED
+
+    def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
+        """Fire when the latest failure's error has recurred at a steady rhythm often enough."""
+        if window.n == 0 or not window.flags[window.last] & FAILED:
+            return None
+        slots = window.error_slots()
+        need = _at(policy.error_rhythm_threshold, slack)
+        if len(slots) < need:
+            return None
+        chain = [slots[-1]]
+        for i in reversed(slots[:-1]):
+            if window.index_of(chain[-1]) - window.index_of(i) > policy.error_rhythm_gap:
+                break
+            chain.append(i)
+        if len(chain) < need:
+            return None
+        seqs = window.seqs(chain)
+        text = short(window.fail_brief, 60)
+        summary = (
+            f"{_span(seqs)}: the same error x{len(chain)}, every {policy.error_rhythm_gap} actions or sooner, "
+            f"whatever was tried in between: '{text}' (latest `{window.label}`); seqs {', '.join(map(str, seqs))}"
+        )
+        return finding(window, self.name, self.reason, summary, seqs)
+
+
+class Replay:
+    """A block of at least ``replay_min_block`` actions replayed in order, with the same results, anywhere.
+
+    "An 8-10-step investigation block replayed verbatim" (DESIGN §4), once or twice and not
+    necessarily back to back, before a budget ends the run: every action of the replay got the
+    answer it got the first time, so the agent is going round. Shorter blocks back to back
+    are :class:`Cycle`'s.
+    """
+
+    name = "replay"
+    reason = StopReason.LOOP_DETECTED
+    needs = REPEAT
+
+    def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
+        """Fire when the latest actions repeat, in order, a stretch at least a block's length back."""
+        need = _at(policy.replay_min_block, slack)
+        best = max(((run, d) for d, run in window.runs.items() if d >= need and run >= need), default=None)
+        if best is None:
+            return None
+        length, distance = best
+        block = window.recent(length)
+        if all(window.flags[i] & TRIVIAL for i in block):
+            return None
+        size = window.size
+        first = [(i - distance) % size for i in block]
+        seqs = window.seqs(first + block)
+        labels = window.last_labels(min(length, len(window.labels) // 30))
+        steps = " -> ".join(f"`{short(x, 30)}`" for x in labels[:4]) + (" -> ..." if len(labels) > 4 else "")
+        copies = window.seqs(first)
+        summary = (
+            f"{_span(seqs)}: a block of {length} actions replayed with the same results "
+            f"(first at seq {copies[0]}-{copies[-1]}): {steps or f'{length} actions'}"
+        )
+        return finding(window, self.name, self.reason, summary, seqs)
+
+
+class RejectedInput:
+    """The agent's own input rejected ``rejected_input_threshold`` times within twice as many actions.
+
+    Prose sent to the shell, unknown commands, usage errors, an edit the editor's syntax check
+    rejects, a malformed response (see ``classify.failure_origin``): the tool works and the
+    agent keeps feeding it input it refuses, in small variants that no repeat counter matches.
+    That is the agent looping, not a tool failing. A slip recovered from on the next action (a
+    valid action that did not fail) does not count, however often it happens, and neither do
+    malformed responses (a harness's format complaint): strong models make and shed those, and
+    the same complaint again and again is :class:`SameError`'s.
+    """
+
+    name = "rejected_input"
+    reason = StopReason.LOOP_DETECTED
+    needs = REJECTED
+
+    def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
+        """Fire when the latest action was rejected and rejections are dense in the recent actions."""
+        if window.n == 0 or window.flags[window.last] & (REJECTED | MESSAGE) != REJECTED:
+            return None
+        span = 2 * policy.rejected_input_threshold
+        recent = window.recent(span)
+        flags = window.flags
+        # A rejection the agent recovered from on its next action (a format slip, then a valid
+        # command) is not the agent stuck: only those followed by another failure, and the latest, count.
+        rejected = [
+            i
+            for k, i in enumerate(recent)
+            if flags[i] & (REJECTED | MESSAGE) == REJECTED and (k == len(recent) - 1 or flags[recent[k + 1]] & FAILED)
+        ]
+        if len(rejected) < _at(policy.rejected_input_threshold, slack):
+            return None
+        seqs = window.seqs(rejected)
+        text = short(window.fail_brief, 60)
+        summary = (
+            f"{_span(seqs)}: the agent's own input was rejected {len(rejected)} times in {min(span, window.n)} "
+            f"actions (the tool works; the agent keeps sending what it refuses), latest `{window.label}`: "
+            f"'{text}'; seqs {', '.join(map(str, seqs))}"
+        )
+        return finding(window, self.name, self.reason, summary, seqs)
+
+
+class EmptyAnswers:
+    """Negative answers in ``empty_answers_threshold`` of the last ``empty_answers_span`` actions, any query.
+
+    Fresh queries that all come back empty (DESIGN §4): file names, class names or phrases
+    guessed one after another, each once, each answered "no matches", an empty grep or "not
+    found". No action repeats, so only the density of negative answers shows it; a search that
+    finds something in between is a reprieve, and a few misses before a hit are far below it.
+    """
+
+    name = "empty_answers"
+    reason = StopReason.LOOP_DETECTED
+    needs = NEGATIVE
+
+    def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
+        """Fire when the latest answer is negative and negative answers fill the recent actions."""
+        if window.n == 0 or not window.flags[window.last] & NEGATIVE:
+            return None
+        negative = window.count_recent(NEGATIVE, policy.empty_answers_span)
+        if len(negative) < _at(policy.empty_answers_threshold, slack):
+            return None
+        seqs = window.seqs(negative)
+        summary = (
+            f"{_span(seqs)}: {len(negative)} of the last {min(policy.empty_answers_span, window.n)} actions found "
+            f"nothing, each asking something else, latest `{window.label}`: {_obs(window)}; "
+            f"seqs {', '.join(map(str, seqs))}"
+        )
+        return finding(window, self.name, self.reason, summary, seqs)
+
+
 class ConsecutiveFailures:
-    """``max_consecutive_failures`` failed actions in a row, hidden failures included."""
+    """``max_consecutive_failures`` failures of the tool itself in a row, hidden failures included.
+
+    Only failures that come from the tool or its infrastructure count (``classify.Origin.TOOL``):
+    the agent's rejected input is :class:`RejectedInput`'s, and a command that ran and exited
+    non-zero is the agent's work.
+    """
 
     name = "consecutive_failures"
     reason = StopReason.TOOL_FAILURE
+    needs = 0
 
     def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
         """Fire while the failure streak is at or over the limit."""
         run = window.consecutive_failures
         if run < max(1, policy.max_consecutive_failures - slack):
             return None
-        seqs = window.seqs(window.recent(run))
+        seqs = window.seqs(window.tool_failures(run))
         text = short(window.fail_brief, 60)
-        summary = f"{_span(seqs)}: {run} failed tool calls in a row, latest `{window.label}`: '{text}'"
+        summary = f"{_span(seqs)}: the tool failed {run} times in a row, latest `{window.label}`: '{text}'"
         return finding(window, self.name, self.reason, summary, seqs)
 
 
@@ -286,6 +479,7 @@ class RetryStorm:
 
     name = "retry_storm"
     reason = StopReason.RETRY_LIMIT_REACHED
+    needs = RETRY
 
     def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
         """Fire when the latest action is a retry that overdraws the budget."""
@@ -310,6 +504,7 @@ class NoProgress:
 
     name = "no_progress"
     reason = StopReason.NO_PROGRESS
+    needs = 0
 
     def check(self, window: RunWindow, policy: Policy, slack: int = 0) -> Verdict | None:
         """Fire while the run has gone too long without progress or anything new."""
@@ -332,6 +527,7 @@ class Budget:
 
     name = "budget"
     reason = StopReason.BUDGET_EXCEEDED
+    needs = 0
     _LIMITS: ClassVar[tuple[tuple[str, str, str], ...]] = (
         ("tokens", "tokens", "max_tokens"),
         ("cost", "cost_usd", "max_cost_usd"),
@@ -366,7 +562,7 @@ class Budget:
 
     def _over(self, window: RunWindow, label: str, figure: float, limit: float, field: str) -> Verdict:
         summary = f"seq {window.last_seq}: {label} budget exceeded: {figure:g} of {limit:g} (policy {field})"
-        return finding(window, self.name, self.reason, summary, (window.last_seq,))
+        return finding(window, self.name, self.reason, summary, (window.last_seq,), spent=False)
 
 
 #: Detectors run after every completed action, in priority order (the first finding of a reason wins).
@@ -375,8 +571,12 @@ ACTION_DETECTORS: tuple[Detector, ...] = (
     Cycle(),
     Recurrence(),
     NearDuplicate(),
+    Replay(),
     SameError(),
     FruitlessSearch(),
+    RejectedInput(),
+    EmptyAnswers(),
+    ErrorRhythm(),
     RetryStorm(),
     ConsecutiveFailures(),
     NoProgress(),
@@ -388,11 +588,15 @@ __all__ = [
     "ConsecutiveFailures",
     "Cycle",
     "Detector",
+    "EmptyAnswers",
+    "ErrorRhythm",
     "ExactRepeat",
     "FruitlessSearch",
     "NearDuplicate",
     "NoProgress",
     "Recurrence",
+    "RejectedInput",
+    "Replay",
     "RetryStorm",
     "SameError",
     "finding",

@@ -7,8 +7,10 @@ Grading, per run and per reason, from the run's :class:`Policy`:
   at the threshold after a warning (one more repeat, or the same finding again later)
   gets the policy's action severity ("pause" or "stop"). Thresholds in the policy are
   therefore where the engine acts, as their descriptions say;
-* a reason acts at most once per run: a paused run is not paused again for the same
-  reason, because the operator decides what happens next;
+* a reason acts once per pause: a paused run is not paused again for the same reason,
+  because the operator decides what happens next. When the run is resumed, the detectors
+  watch afresh from there (``RunWindow.rearm``), and a reason that paused it before acts
+  without a new warning and with the stronger action: a pause becomes a stop;
 * after a "stop" the run is finished for the engine: never two stops for one run;
 * a ``final`` event completes the run.
 
@@ -86,9 +88,10 @@ class Engine:
             if said is not None:
                 self._agent_says(window, *said)
         elif window.paused:
-            # Activity after a pause: the run was resumed, or (from our SDK) a step still in
-            # flight when the pause was sent; the SDK's PAUSED heartbeat then says so again.
-            window.paused = False
+            # Activity after a pause: the run was resumed (its resume command may come after its
+            # steps), or (from our SDK) a step still in flight when the pause was sent; the SDK's
+            # PAUSED heartbeat then says so again.
+            self._resumed(window)
         acted = window.observe(event, now)
         if window.finished:
             self.timers.schedule(event.run_id, None)
@@ -97,12 +100,15 @@ class Engine:
         # Findings by reason, in the order graded; a confirmed finding replaces (and moves
         # behind) an early one of the same reason.
         findings: dict[str, tuple[Verdict, bool]] = {}
-        # A budget is a hard figure with no early stage (slack changes nothing): asked once.
-        self._run(_BUDGET, window, policy, findings, early=False)
+        # A budget is a hard figure with no early stage (slack changes nothing): asked once, when any is set.
+        if window.budgeted:
+            self._run(_BUDGET, window, policy, findings, early=False)
         if acted:
-            run = self._run
+            run, signals = self._run, window.signals
             for detector in self.detectors:
-                run(detector, window, policy, findings)
+                needs = detector.needs
+                if needs & signals == needs:
+                    run(detector, window, policy, findings)
         verdicts = self._grade(window, findings.values(), now) if findings else []
         self.timers.schedule(event.run_id, next_deadline(window, policy))
         return verdicts
@@ -142,8 +148,17 @@ class Engine:
             window.paused = True
             window.stop_reason = reason or window.stop_reason or StopReason.USER_PAUSED
         elif status is RunStatus.RUNNING and window.paused:
-            window.paused = False
-            window.stop_reason = None
+            Engine._resumed(window)
+
+    @staticmethod
+    def _resumed(window: RunWindow) -> None:
+        """A paused run goes on: watch it afresh, and escalate what paused it (see the module doc)."""
+        window.paused = False
+        window.stop_reason = None
+        window.escalate |= window.acted
+        window.warned |= window.acted
+        window.acted = 0
+        window.rearm()
 
     @staticmethod
     def _run(
@@ -244,6 +259,8 @@ class Engine:
         after = fold(before, command)
         if after is before:
             return
+        if before.status is RunStatus.PAUSED and after.status is RunStatus.RUNNING:
+            self._resumed(window)
         window.paused = after.status is RunStatus.PAUSED
         window.stopped = after.status is RunStatus.STOPPED
         window.stop_reason = after.reason
@@ -277,6 +294,7 @@ class Engine:
             started_at=w.first_ts or 0.0,
             updated_at=w.last_ts,
             last_verdict=w.last_verdict,
+            signal=w.signal() if w.n else None,
         )
 
     def _grade(self, window: RunWindow, findings: Iterable[tuple[Verdict, bool]], now: float) -> list[Verdict]:
@@ -294,6 +312,8 @@ class Engine:
                 severity: Severity = "warn"
             else:
                 severity = action_severity(policy, reason)
+                if window.escalate & bit and severity == "pause":
+                    severity = "stop"  # the operator resumed it once; the same pattern again ends it
                 window.acted |= bit
             graded = verdict.model_copy(update={"severity": severity, "ts": now})
             out.append(graded)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Sequence
 from hashlib import blake2b
 from typing import Any, cast
@@ -48,6 +49,13 @@ _TIMESTAMP = re.compile(
     r"|(?<!\d\d)\d?:\d\d:\d\d(?:\.\d+)?)",
     re.ASCII,
 )
+# In an action a plain date is part of the question (flights on 2024-05-17, not on the 18th): only
+# a date with a time of day, or a time alone, is masked there.
+_ACTION_TIMESTAMP = re.compile(
+    r"\d(?:\d{3}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:Z|[+-]\d\d:?\d\d)?"
+    r"|(?<!\d\d)\d?:\d\d:\d\d(?:\.\d+)?)",
+    re.ASCII,
+)
 _DURATION = re.compile(
     r"\d(?<![\w.]\d)\d*(?:\.\d+)? ?(?:ms|us|µs|ns|s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)\b",
     re.ASCII,
@@ -56,6 +64,10 @@ _TMP_PATH = re.compile(r"/(?:private/)?(?:tmp|var/tmp|var/folders)/[^\s'\":]*", 
 # A number after "line "/"lineno", or between colons (``file.py:42:``).
 _LINE_NO = re.compile(r"\d(?:(?<=[Ll]ine \d)\d*|(?<=lineno[ =]\d)\d*|(?<=:\d)\d*(?=:))", re.ASCII)
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_LETTER = re.compile(r"[^\W\d_]")
+# A number standing alone in an action (``goto 120``, ``edit 41:43``, ``sed -n 1,40p``, ``head -5``),
+# not part of a name (``test_2``, ``python3``, ``HAT030``, ``orders-7``): those name different things.
+_LONE_NUMBER = re.compile(r"\d(?<![\w.]\d)(?<!\w-\d)[\d.]*", re.ASCII)
 
 #: Tokens kept for the SimHash; beyond this an observation is "the same kind of long text".
 _MAX_TOKENS = 256
@@ -81,10 +93,10 @@ _TOKEN_CACHE_MAX = 65_536
 _MEMO_MAX = 1024
 _MEMO_CHARS = 2048
 _OBS_MEMO: dict[str, tuple[int, int]] = {}
-_ACTION_MEMO: dict[str, int] = {}
+_ACTION_MEMO: dict[str, tuple[int, int]] = {}
 
 
-def normalize(text: str) -> str:
+def normalize(text: str, *, dates: bool = True) -> str:
     """Mask volatile parts of ``text`` and collapse whitespace.
 
     Texts longer than ``_FULL_CHARS`` get the full treatment on their head and tail only;
@@ -94,16 +106,18 @@ def normalize(text: str) -> str:
 
     Args:
         text: an observation, error or rendered action.
+        dates: mask plain dates too (``False`` for actions, where a date is part of the question).
 
     Returns:
         The text with UUIDs, hex ids, timestamps, durations, temp paths and line
         numbers replaced by placeholders, and runs of whitespace collapsed to one space.
     """
+    stamps = _TIMESTAMP if dates else _ACTION_TIMESTAMP
     if len(text) > _FULL_CHARS:
         head, middle, tail = text[:_HEAD_CHARS], text[_HEAD_CHARS:-_TAIL_CHARS], text[-_TAIL_CHARS:]
         middle = " ".join(middle.translate(_DROP_DIGITS).split())
-        return f"{_normalize(head)} {middle} {_normalize(tail)}"
-    return _normalize(text)
+        return f"{_normalize(head, stamps)} {middle} {_normalize(tail, stamps)}"
+    return _normalize(text, stamps)
 
 
 def _classes(mapping: dict[bytes, bytes]) -> bytes:
@@ -126,7 +140,7 @@ _DIGITS_SEPS = _classes({b"0123456789": b"0", b":": b":", b"-": b"-", b" ": b" "
 _HEXES = _classes({b"0123456789abcdefABCDEF": b"x", b"-": b"-"})
 
 
-def _normalize(text: str) -> str:
+def _normalize(text: str, stamps: re.Pattern[str] = _TIMESTAMP) -> str:
     # Whitespace is collapsed first so that the patterns see what a second pass would see
     # ("3\nsec" and "3 sec" are the same duration): normalization is idempotent.
     text = " ".join(text.split())
@@ -137,7 +151,7 @@ def _normalize(text: str) -> str:
         text = _UUID.sub("<uuid>", text)
     if b"0" in seps:  # every pattern below but the temp path needs a digit ("0x" has one)
         if b"0000-00-00" in seps or b"0:00:00" in seps:
-            text = _TIMESTAMP.sub("<ts>", text)
+            text = stamps.sub("<ts>", text)
         if b"xxxxxxx" in hexes or "0x" in text:
             text = _HEX.sub("<hex>", text)
         if "/tmp/" in text or "/var/" in text:
@@ -165,7 +179,10 @@ def observation_fingerprint(observation: str | None) -> tuple[int, int]:
         if cached is not None:
             return cached
     normalized = normalize(text)
-    result = digest(normalized), simhash_normalized(normalized)
+    exact = digest(normalized)
+    # An output without a word (``76.0``, ``[3, 4]``) is all numbers, and numbers are what SimHash
+    # ignores: two such outputs are near-identical only when they are identical.
+    result = exact, simhash_normalized(normalized) if _LETTER.search(normalized) else exact
     if memo:
         _remember(_OBS_MEMO, text, result)
     return result
@@ -202,13 +219,27 @@ def action_digest(tool: str | None, args: dict[str, Any] | None, rendered: str |
     """
     if rendered is None:
         rendered = render_args(args)
+    return action_digests(tool, rendered)[0]
+
+
+def action_digests(tool: str | None, rendered: str) -> tuple[int, int]:
+    """The action's exact digest (see :func:`action_digest`) and its digest with lone numbers masked.
+
+    The second is equal for "the same action apart from numbers" (DESIGN §4): ``goto 120`` and
+    ``goto 164``, an edit at a line number that shifts each time. Numbers inside names
+    (``test_2``, ``HAT030``) are kept. Both come from one normalization, memoized together.
+    """
     key = f"{tool or ''}\x1f{rendered}"
     memo = len(key) <= _MEMO_CHARS
     if memo:
         cached = _ACTION_MEMO.get(key)
         if cached is not None:
             return cached
-    value = digest(f"{tool or ''}\x1f{normalize(rendered)}")
+    normalized = normalize(rendered, dates=False)
+    exact = digest(f"{tool or ''}\x1f{normalized}")
+    masked = _LONE_NUMBER.sub("#", normalized)
+    # Compared only within a short span of one run: 32 bits of CRC (a tenth of blake2b's cost) suffice.
+    value = exact, zlib.crc32(f"{tool or ''}\x1f{masked}".encode("utf-8", "surrogatepass")) or 1
     if memo:
         _remember(_ACTION_MEMO, key, value)
     return value
@@ -298,6 +329,7 @@ def short(text: str | None, limit: int = 60) -> str:
 
 __all__ = [
     "action_digest",
+    "action_digests",
     "digest",
     "hamming",
     "normalize",
