@@ -1,8 +1,10 @@
-"""The failure shapes of ``bench.synth``: what a run does from its failure's onset on.
+"""The shapes of ``bench.synth``'s runs, and the failure shapes: what a run does from its failure's onset on.
 
 Each generator takes the run's :class:`~bench._synth_workspace.Workspace` (its names and its
 random stream) and yields actions for as long as the run asks; ``LOOPS`` maps each loop
-shape in ``LOOP_SHAPES`` to its generator.
+shape in ``LOOP_SHAPES`` to its generator (the loops in which no action repeats are in
+``bench._synth_loops``, ``bench._synth_rejected`` and ``bench._synth_holes``), and ``HEALTHY`` each
+healthy shape but ``varied`` to its run. ``SHAPES`` gives every shape's label.
 """
 
 from __future__ import annotations
@@ -11,9 +13,32 @@ import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-from bench._synth_workspace import MODULES, NOUNS, VERBS, Action, Workspace, shell
+from bench._synth_healthy import HEALTHY
+from bench._synth_holes import loop_env_hole, loop_rerun_rhythm
+from bench._synth_loops import loop_empty_queries, loop_numbers_only, loop_replay_once
+from bench._synth_rejected import loop_rejected_input
+from bench._synth_workspace import MODULES, NOUNS, SWE_AGENT, VERBS, Action, Workspace, shell
 
-LOOP_SHAPES = ("same_edit", "malformed", "replay_block", "missing_term", "install_hole")
+#: The loops ``--mix loop`` draws from (the first five, so its figures stay comparable across versions).
+MIX_LOOP_SHAPES = ("same_edit", "malformed", "replay_block", "missing_term", "install_hole")
+#: Loops in which no action repeats (DESIGN §4, "more patterns seen in weak models' runs").
+NEW_LOOP_SHAPES = ("empty_queries", "numbers_only", "replay_once", "rejected_input", "env_hole", "rerun_rhythm")
+LOOP_SHAPES = MIX_LOOP_SHAPES + NEW_LOOP_SHAPES
+#: ``varied`` is the healthy run ``--mix healthy`` makes; the others are false stops seen in real runs.
+HEALTHY_SHAPES = ("varied", "rerun_after_edits", "format_recovered", "paging", "test_by_test")
+#: Every shape and its run's label; the other kinds have one shape each, named after them.
+SHAPES: dict[str, str] = {
+    **dict.fromkeys(LOOP_SHAPES, "loop"), **dict.fromkeys(HEALTHY_SHAPES, "healthy"),
+    **{kind: kind for kind in ("stall", "retry_storm", "hidden_failure", "budget")},
+}  # fmt: skip
+#: A loop that ends the run itself (its generator is finite) sits at the run's end.
+ENDS_ITSELF = frozenset({"replay_once"})
+_CODING = ("mini-swe-agent", SWE_AGENT)
+#: The agents a run of a shape picked by name is drawn from (others: any); each writes in its agent's style.
+AGENTS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(NEW_LOOP_SHAPES + HEALTHY_SHAPES[1:], _CODING),
+    "numbers_only": (SWE_AGENT,), "format_recovered": ("mini-swe-agent",),
+}  # fmt: skip
 
 
 def _numbered(start: int, lines: list[str]) -> str:
@@ -101,7 +126,9 @@ def loop_install_hole(ws: Workspace) -> Iterator[Action]:
 
 LOOPS: dict[str, Callable[[Workspace], Iterator[Action] | tuple[Iterator[Action], int]]] = {
     "same_edit": loop_same_edit, "malformed": loop_malformed, "replay_block": loop_replay_block,
-    "missing_term": loop_missing_term, "install_hole": loop_install_hole,
+    "missing_term": loop_missing_term, "install_hole": loop_install_hole, "empty_queries": loop_empty_queries,
+    "numbers_only": loop_numbers_only, "replay_once": loop_replay_once, "rejected_input": loop_rejected_input,
+    "env_hole": loop_env_hole, "rerun_rhythm": loop_rerun_rhythm,
 }  # fmt: skip
 
 
@@ -160,6 +187,7 @@ def stall_call(ws: Workspace) -> Action:
 
 
 __all__ = [
-    "LOOPS", "LOOP_SHAPES", "hidden_failures", "loop_install_hole", "loop_malformed", "loop_missing_term",
+    "AGENTS", "ENDS_ITSELF", "HEALTHY", "HEALTHY_SHAPES", "LOOPS", "LOOP_SHAPES", "MIX_LOOP_SHAPES", "NEW_LOOP_SHAPES",
+    "SHAPES", "hidden_failures", "loop_install_hole", "loop_malformed", "loop_missing_term",
     "loop_replay_block", "loop_same_edit", "retry_storm", "stall_call",
 ]  # fmt: skip

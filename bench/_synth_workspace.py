@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 OBSERVATION_CHARS = 1000  # observations are cut like the dev traces' (`...[+N chars]`)
+SWE_AGENT = "swe-agent"  # runs of this agent use its tools (goto, search_dir, edit); others use the shell
 _DIGITS = re.compile(r"\d+")
 _EMPTY_OUTPUT = "<returncode>0</returncode>\n<output>\n</output>"
 
@@ -34,6 +36,7 @@ class Action:
     same_call: bool = False  # a retry of the previous call (same call_id)
     onset: bool = False  # the first action of the run's failure
     stall: bool = False  # the call never returns: the run goes silent after its tool_call
+    message: str | None = None  # not a call: the agent's text, rejected by its harness (a ``message`` event)
 
 
 def clip(text: str, limit: int = OBSERVATION_CHARS) -> str:
@@ -45,6 +48,30 @@ def shell(command: str, output: str, rc: int = 0) -> Action:
     body = f"{clip(output)}\n" if output else ""
     observation = f"<returncode>{rc}</returncode>\n<output>\n{body}</output>"
     return Action(command, observation, ok=rc == 0, error=f"returncode {rc}" if rc else None)
+
+
+def distinct(make: Callable[[], Action]) -> Iterator[Action]:
+    """Actions from ``make``, never the same command twice (callers draw from thousands of variants)."""
+    used: set[str] = set()
+    while True:
+        for _ in range(200):
+            action = make()
+            if action.command not in used:
+                break
+        used.add(action.command)
+        yield action
+
+
+def swe_window(path: str, total: int, lines: list[str], first: int, current: int, window: int = 100) -> str:
+    """SWE-agent's windowed view of ``lines`` (numbered from ``first``), as its ``_print`` writes it.
+
+    The counts above and below come from the current line and the window, not from what is shown: a
+    file that fits on one screen is shown whole, yet ``goto 70`` still says "(20 more lines above)".
+    """
+    above, below = max(0, current - window // 2), max(0, total - current - window // 2)
+    body = "\n".join(f"{first + i}:{line}" for i, line in enumerate(lines))
+    head = f"[File: /testbed/{path} ({total} lines total)]\n" + (f"({above} more lines above)\n" if above else "")
+    return head + body + (f"\n({below} more lines below)" if below else "")
 
 
 # --- a fake repository per run ------------------------------------------------------------------
@@ -121,6 +148,7 @@ class Workspace:
         self.numbered = rng.random() < 0.5  # `nl -ba FILE | sed -n` or plain `sed -n`
         self.paging: tuple[str, int] | None = None
         self.wrote_repro = False
+        self.agent = "mini-swe-agent"  # the run's agent, set by the run; shapes write in its style
         self._pages: dict[tuple[str, int, bool], str] = {}
         self._seen: dict[tuple[str, str], int] = {}  # (action, observation with digits masked) -> times
         self._failing = 0  # failed actions in a row
@@ -282,4 +310,7 @@ class Workspace:
         return shell("git diff", self.diff() if self.edits else "")
 
 
-__all__ = ["MODULES", "NOUNS", "OBSERVATION_CHARS", "VERBS", "Action", "Workspace", "clip", "shell"]
+__all__ = [
+    "ERRORS", "MODULES", "NOUNS", "OBSERVATION_CHARS", "SUFFIXES", "SWE_AGENT", "VERBS", "Action", "Workspace", "clip",
+    "distinct", "shell", "swe_window",
+]  # fmt: skip
