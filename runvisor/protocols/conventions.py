@@ -8,6 +8,9 @@
 - **Heartbeat status.** While it holds at a boundary, and when it goes on, the agent SDK
   says so in its heartbeats' ``args`` (:func:`heartbeat_args`); a supervisor reads them back
   with :func:`heartbeat_status`.
+- **How a run ended.** The agent SDK's ``final`` event says why in its ``args``
+  (:func:`final_args`): ``COMPLETED`` when the agent's code returned, ``AGENT_CRASHED`` (with the
+  error's type and message in ``error``) when it raised; a supervisor reads it with :func:`final_reason`.
 """
 
 from __future__ import annotations
@@ -51,4 +54,20 @@ def heartbeat_status(event: StepEvent) -> tuple[RunStatus, StopReason | None] | 
     return status, reason
 
 
-__all__ = ["heartbeat_args", "heartbeat_status", "retry_events"]
+def final_args(reason: StopReason) -> dict[str, str]:
+    """The ``args`` of a ``final`` event that says how the run ended (see "How a run ended" above)."""
+    return {"stop_reason": reason.value}
+
+
+def final_reason(event: StepEvent) -> StopReason | None:
+    """How a run ended, from its ``final`` event's ``args`` (see :func:`final_args`); None when they do not say."""
+    args = event.args
+    if event.kind != "final" or not args:
+        return None
+    try:
+        return StopReason(str(args.get("stop_reason")))
+    except ValueError:
+        return None  # another agent's own final args: not ours to read
+
+
+__all__ = ["final_args", "final_reason", "heartbeat_args", "heartbeat_status", "retry_events"]

@@ -491,7 +491,9 @@ async def test_a_new_owner_does_not_repeat_decisions_already_acted_on(
     seen = {paused_run: await watch(fresh_admin, paused_run), stopped_run: await watch(fresh_admin, stopped_run)}
     async with running_worker(fresh_server, "first") as first:  # its graceful stop gives the leases back
         start = StepEvent(run_id=paused_run, seq=0, ts=1e9, kind="start", policy=Policy(loop_action="pause"))
-        sent = await publish(fresh_admin, iter([start, *find_file_loop(paused_run, 1, repeats=6)]))
+        # Three repeats: the third pauses, and the agent holds there (steps after a pause are the run
+        # going on: the same loop again would stop it).
+        sent = await publish(fresh_admin, iter([start, *find_file_loop(paused_run, 1, repeats=3)]))
         sent += await publish(fresh_admin, find_file_loop(stopped_run, 0, repeats=6))
         await eventually(lambda: [c for c in seen[paused_run].commands if c.cmd == "pause"], what="the pause")
         await eventually(seen[stopped_run].stops, what="the stop")
@@ -870,15 +872,16 @@ async def test_a_finished_run_leaves_memory_soon_and_its_status_is_still_answere
         state = codec.decode_json(RunState, reply.data)
         assert (state.status, state.counters.tool_calls, state.last_seq) == (RunStatus.COMPLETED, 1, 4)
         # An operator's command for the forgotten run changes neither what it did nor how it ended
-        # (it once rewrote a COMPLETED run as STOPPED/USER_KILLED).
+        # (it once rewrote a COMPLETED run as STOPPED/USER_KILLED, later its last step as `start`):
+        # it is reported as ignored, and its state is not written again.
         runs = await fresh_admin.jetstream().key_value(subjects.RUNS_BUCKET)
         before = (await runs.get(run_id)).revision or 0
+        seen = await watch(fresh_admin, run_id)
         await send_command(fresh_admin, run_id, Command(cmd="kill", note="cleanup"))
-
-        async def rewritten() -> bool:
-            return ((await runs.get(run_id)).revision or 0) > before
-
-        await eventually(rewritten, what="the run's state written again after the kill")
+        await eventually(lambda: seen.events, what="the kill reported as ignored")
+        assert "kill ignored: run" in str(seen.events[0]["error"])
+        assert run_id not in worker.engine.windows
+        assert (await runs.get(run_id)).revision == before
         after = await stored_state(fresh_admin, run_id)
         assert after is not None
         assert (after.status, after.stop_reason, after.counters.tool_calls, after.counters.tokens) == (
@@ -913,3 +916,52 @@ async def test_a_worker_judges_runs_without_a_policy_by_its_policy_file(
 async def _all_owned_by(nc: Client, worker_id: str) -> bool:
     owners = await _owners(nc)
     return len(owners) == subjects.DEFAULT_PARTITIONS and set(owners.values()) == {worker_id}
+
+
+def goto_reads(run_id: str, first_seq: int, lines: range) -> Iterator[StepEvent]:
+    """``goto N`` in a file that fits on one screen: the same read apart from its number (DESIGN §4)."""
+    seq = first_seq
+    for line in lines:
+        call = f"c{seq}"
+        yield StepEvent(run_id=run_id, seq=seq, ts=1e9 + seq, kind="llm", tokens_in=1200, tokens_out=30, cost_usd=0.002)
+        yield StepEvent(
+            run_id=run_id, seq=seq + 1, ts=1e9 + seq + 1, kind="tool_call", tool="goto", call_id=call,
+            args={"command": f"goto {line}"},
+        )  # fmt: skip
+        yield StepEvent(
+            run_id=run_id, seq=seq + 2, ts=1e9 + seq + 2, kind="tool_result", tool="goto", call_id=call,
+            observation="[File: /repo/setup.py (12 lines total)]\n1:from setuptools import setup\n2:setup()", ok=True,
+        )  # fmt: skip
+        seq += 3
+
+
+async def test_a_run_resumed_after_a_loop_pause_is_judged_again_and_stopped(
+    worker: SupervisorWorker, agent_nc: Client, operator: Client, run_id: str
+) -> None:
+    # The issue's trial: paused for a loop (loop_action="pause"), resumed by the operator, then 46
+    # more near-identical reads were never judged again.
+    start = StepEvent(run_id=run_id, seq=0, ts=1e9, kind="start", task="fix setup", policy=Policy(loop_action="pause"))
+    # Four reads: the third warns, the fourth pauses (an agent on our SDK holds there).
+    await publish(agent_nc, iter([start, *goto_reads(run_id, 1, range(10, 14))]))
+    paused = await eventually(lambda: _with_status(operator, run_id, RunStatus.PAUSED), what="the loop pause")
+    assert paused.stop_reason is StopReason.LOOP_DETECTED
+    assert paused.last_verdict is not None
+    assert paused.last_verdict.evidence.spent is not None
+
+    await send_command(operator, run_id, Command(cmd="resume"))
+    await eventually(lambda: _with_status(operator, run_id, RunStatus.RUNNING), what="the resumed run")
+    await publish(agent_nc, goto_reads(run_id, 100, range(20, 66)))
+    stopped = await eventually(lambda: _with_status(operator, run_id, RunStatus.STOPPED), what="the stop")
+    assert stopped.stop_reason is StopReason.LOOP_DETECTED
+    verdict = stopped.last_verdict
+    assert verdict is not None
+    assert verdict.severity == "stop"
+    # Judged afresh from the resume: the evidence is the reads after it, and it says what they cost.
+    assert min(verdict.evidence.seqs) >= 100
+    spent = verdict.evidence.spent
+    assert spent is not None
+    assert spent.since_seq >= 100
+    assert spent.tokens >= 1230
+    assert spent.cost_usd > 0
+    assert stopped.signal is not None
+    assert stopped.signal.source == "novelty"

@@ -25,8 +25,8 @@ from runvisor.actors.supervisor.detection import (
     is_hidden_failure,
 )
 from runvisor.actors.supervisor.detection._negative import _NOTHING, negative_key, says_nothing
-from runvisor.actors.supervisor.detection.classify import content_required
-from runvisor.actors.supervisor.detection.detectors import ACTION_DETECTORS, Recurrence
+from runvisor.actors.supervisor.detection.classify import Origin, content_required, failure_origin
+from runvisor.actors.supervisor.detection.detectors import ACTION_DETECTORS, Recurrence, RejectedInput
 from runvisor.actors.supervisor.detection.window import NAVIGATION_TOOLS
 from runvisor.protocols.messages import StepEvent
 from runvisor.protocols.policy import Policy
@@ -604,3 +604,100 @@ def test_the_phrase_prefilter_agrees_with_the_regex(words: list[str], sep: str) 
     # ``says_nothing`` skips the regex when no hint is in the lowercased text: never a miss.
     body = sep.join(words)
     assert says_nothing(body) == (_NOTHING.search(body) is not None)
+
+
+# ---------------------------------------------------------------- where a failure came from
+
+
+@pytest.mark.parametrize(
+    ("observation", "error", "shell", "origin"),
+    [
+        ("<returncode>127</returncode>\n<output>\nbash: line 1: I: command not found\n</output>", None, True, "AGENT"),
+        ("bash: -c: line 1: syntax error near unexpected token `('", None, True, "AGENT"),
+        ("cat: src/nope.py: No such file or directory", None, True, "AGENT"),
+        ("Usage: find_file <file_name> [<dir>]", None, True, "AGENT"),
+        ("Your proposed edit has introduced new syntax error(s).", "edit_syntax_error", False, "AGENT"),
+        ("Error: user not found", None, False, "AGENT"),
+        ("Invalid action!", "invalid_action", False, "AGENT"),
+        (None, "TimeoutError: the attempt took longer than 10.00s", False, "TOOL"),
+        ("curl: (28) Operation timed out after 30001 milliseconds", None, True, "TOOL"),
+        ('{"ok": false, "error": "upstream 503"}', None, True, "TOOL"),
+        ("Error: rate limited", None, False, "TOOL"),
+        ("circuit breaker open: the tool has been failing", None, False, "TOOL"),
+        ("Error: payment amount does not add up", None, False, "TOOL"),
+        ("Traceback (most recent call last):\n  File x\nFileNotFoundError: No such file", None, True, "RAN"),
+        ("===== test session starts =====\nFAILED tests/test_a.py::test_b", "returncode 1", True, "RAN"),
+        ("Running quickstart... Error: Please enter a valid path name.", None, True, "RAN"),
+    ],
+)
+def test_failures_are_classified_by_where_they_came_from(
+    observation: str | None, error: str | None, shell: bool, origin: str
+) -> None:
+    assert failure_origin(observation, error, shell=shell) is Origin[origin]
+
+
+def test_the_agents_rejected_input_is_a_loop_not_a_tool_failure() -> None:
+    s = Script()
+    for word in ["I", "Let", "Now", "THOUGHT:", "The"]:
+        s.act(f"{word} will check the parser next", f"bash: line 1: {word}: command not found", ok=False)
+    assert not s.fired(ConsecutiveFailures())
+    verdict = RejectedInput().check(s.window, POLICY)
+    assert verdict is not None
+    assert verdict.reason is StopReason.LOOP_DETECTED
+    assert "rejected 5 times" in verdict.evidence.summary
+
+
+def test_a_tool_timing_out_is_a_tool_failure_and_failing_tests_are_neither() -> None:
+    s = Script()
+    for page in range(5):
+        s.act(f"pytest tests/test_{page}.py", f"=== 1 failed in 0.{page}s ===\nFAILED test_{page}", ok=False)
+    assert not s.fired(ConsecutiveFailures())
+    assert not s.fired(RejectedInput())
+    for page in range(5):
+        s.act(f"curl -s api/orders?page={page}", "curl: (28) Operation timed out after 30001 milliseconds", ok=False)
+    verdict = ConsecutiveFailures().check(s.window, POLICY)
+    assert verdict is not None
+    assert verdict.reason is StopReason.TOOL_FAILURE
+    assert "the tool failed 5 times in a row" in verdict.evidence.summary
+
+
+def test_a_rejection_recovered_from_on_the_next_action_does_not_count() -> None:
+    s = Script()
+    for i in range(8):
+        s.act(f"opne src/a.py {i}", f"bash: line 1: opne: command not found {i}", ok=False)
+        s.act(f"sed -n {i * 10 + 1},{i * 10 + 10}p src/a.py", f"line {i} of the parser")
+    assert not s.fired(RejectedInput())
+
+
+# ---------------------------------------------------------------- what a loop cost, and the progress signal
+
+
+def test_a_verdict_says_what_the_pattern_cost_since_its_onset() -> None:
+    s = Script()
+    s.event("llm", tokens_in=5_000, tokens_out=100, cost_usd=0.5)  # before the loop: not its cost
+    s.act("cat setup.py", "from setuptools import setup")
+    seqs = []
+    for _ in range(3):
+        s.event("llm", tokens_in=1_000, tokens_out=50, cost_usd=0.01)
+        seqs.append(s.act("find_file JsonParser", "No matches found for JsonParser in /repo"))
+    verdict = ExactRepeat().check(s.window, POLICY)
+    assert verdict is not None
+    assert verdict.evidence.spent is not None
+    spent = verdict.evidence.spent
+    assert (spent.since_seq, spent.steps, spent.tokens) == (seqs[0], 3, 3 * 1_050)
+    assert spent.cost_usd == pytest.approx(0.03)
+    assert "it cost 3 steps, 3,150 tokens, $0.03" in verdict.evidence.summary
+
+
+def test_the_progress_signal_is_novelty_unless_the_agent_reports_progress() -> None:
+    s = Script()
+    for i in range(4):
+        s.act(f"cat f{i}.py", f"body {i}")
+    for _ in range(4):
+        s.act("cat f0.py", "body 0")
+    signal = s.window.signal()
+    assert (signal.source, signal.value, signal.stale_actions, signal.window) == ("novelty", 0.5, 4, 8)
+    s.event("message", observation="halfway", progress=0.4)
+    s.act("cat f0.py", "body 0")
+    signal = s.window.signal()
+    assert (signal.source, signal.value, signal.stale_actions) == ("agent", 0.4, 1)

@@ -50,6 +50,7 @@ from runvisor.actors.endpoint import Endpoint
 from runvisor.actors.runtime import Actor
 from runvisor.errors import RunError
 from runvisor.protocols import subjects
+from runvisor.protocols.conventions import final_args
 from runvisor.protocols.messages import (
     MAX_ARGS_CHARS,
     MAX_OBSERVATION_CHARS,
@@ -365,7 +366,13 @@ class Run(Actor):
                 return  # another process holds the run now: it speaks for it
             if status is not None:
                 await self._checkpoints.save(status, reason)
-            await self._steps.publish("final", ok=ok, error=limits.clip(error, MAX_OBSERVATION_CHARS), agent=self.agent)
+            await self._steps.publish(
+                "final",
+                ok=ok,
+                error=limits.clip(error, MAX_OBSERVATION_CHARS),
+                agent=self.agent,
+                args=final_args(reason) if reason is not None else None,
+            )
             await self._steps.close()
         except Exception as exc:
             log.error("could not record the end of the run: %s", exc, extra={"run_id": self.run_id})

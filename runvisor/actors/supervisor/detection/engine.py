@@ -23,11 +23,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from runvisor.actors.supervisor.detection.detectors import ACTION_DETECTORS, Budget, Detector
+from runvisor.actors.supervisor.detection.detectors import ACTION_DETECTORS, Budget, Detector, finding
+from runvisor.actors.supervisor.detection.fingerprint import short
 from runvisor.actors.supervisor.detection.stall import StallTimers, check_stall, next_deadline
 from runvisor.actors.supervisor.detection.window import RunWindow
 from runvisor.protocols.commands import CommandState, fold
-from runvisor.protocols.conventions import heartbeat_status
+from runvisor.protocols.conventions import final_reason, heartbeat_status
 from runvisor.protocols.messages import MAX_COUNT, MAX_MONEY, Command, Counters, RunState, StepEvent, Verdict
 from runvisor.protocols.policy import Policy, Severity
 from runvisor.protocols.reasons import RunStatus, StopReason
@@ -93,6 +94,8 @@ class Engine:
             # PAUSED heartbeat then says so again.
             self._resumed(window)
         acted = window.observe(event, now)
+        if event.kind == "final" and final_reason(event) is StopReason.AGENT_CRASHED and not window.stopped:
+            return self._crashed(window, event, now)
         if window.finished:
             self.timers.schedule(event.run_id, None)
             return []
@@ -138,6 +141,17 @@ class Engine:
             window.last_seen = now
         window.restore(stored)
         self.timers.schedule(run_id, None if window.finished else next_deadline(window, window.policy))
+
+    def _crashed(self, window: RunWindow, event: StepEvent, now: float) -> list[Verdict]:
+        """The agent's own code raised: the run is STOPPED as AGENT_CRASHED, with the error as evidence."""
+        window.stopped = True
+        window.stop_reason = StopReason.AGENT_CRASHED
+        summary = f"seq {event.seq}: the agent's code raised {short(event.error, 200) or 'an error'}"
+        window.last_verdict = finding(window, "agent", StopReason.AGENT_CRASHED, summary, (event.seq,), spent=False)
+        window.last_verdict = window.last_verdict.model_copy(update={"severity": "stop", "ts": now})
+        self.timers.schedule(window.run_id, None)
+        log.info("run_id=%s ended: %s", window.run_id, summary)
+        return []  # the run has ended already: nothing to command, only the state to tell
 
     @staticmethod
     def _agent_says(window: RunWindow, status: RunStatus, reason: StopReason | None) -> None:
