@@ -11,43 +11,37 @@ import logging
 import os
 import re
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
-from nats.aio.client import Client
-from nats.errors import Error as NatsError
-
 from runvisor.actors.connection import ONE_SHOT_CONNECT_S, connect
 from runvisor.actors.endpoint import Endpoint, default_home
-from runvisor.actors.operator import describe, fetch_state, list_states, send_command
+from runvisor.actors.metrics import Metrics, MetricsServer, parse_address
+from runvisor.actors.operator import _cli as operator_cli
+from runvisor.actors.operator._cli import CliError, emit
 from runvisor.actors.runtime import configure_logging, run_main
-from runvisor.actors.server import EmbeddedServer, is_not_provisioned, not_provisioned, provision
+from runvisor.actors.server import EmbeddedServer, provision
 from runvisor.actors.supervisor.worker import SupervisorWorker
 from runvisor.actors.tools import ToolExecutor, ToolRegistry
 from runvisor.errors import RunvisorError
-from runvisor.protocols.commands import CommandState, fold
-from runvisor.protocols.messages import Command, RunState, check_run_id
 from runvisor.protocols.policy import Policy, parse_policy
-from runvisor.protocols.reasons import RunStatus
-from runvisor.protocols.subjects import DEFAULT_LEASE_TTL_S
+from runvisor.protocols.reasons import RunStatus, StopReason
+from runvisor.protocols.subjects import DEFAULT_LEASE_TTL_S, KEEP_FINISHED_S
 
 log = logging.getLogger("runvisor")
-
-
-class CliError(RunvisorError):
-    """A user-facing failure: printed as one line, exit status 2."""
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
     try:
-        return run_main(lambda stop: args.handler(args, stop), use_uvloop=not args.no_uvloop)
-    except RunvisorError as exc:
-        print(f"runvisor: {exc}", file=sys.stderr)
-        return 2
+        try:
+            return run_main(lambda stop: args.handler(args, stop), use_uvloop=not args.no_uvloop)
+        except RunvisorError as exc:
+            print(f"runvisor: {exc}", file=sys.stderr, flush=True)
+            if getattr(args, "json", False):
+                emit({"error": str(exc)})  # the same, for the script reading stdout
+            return 2
     except BrokenPipeError:
         # The reader went away (`runvisor ps | head -3`): not an error. Python would otherwise
         # complain once more when it flushes stdout at exit.
@@ -105,28 +99,89 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="run agents that loop, overspend, fail and stall on a private server, and watch them caught"
     )
+    demo.add_argument(
+        "--json", action="store_true", help="print the outcome of each scenario as a JSON list (narration on stderr)"
+    )
     demo.set_defaults(handler=_demo)
 
     for name, text in (("pause", "pause a run at its next step (state is checkpointed)"),
                        ("resume", "resume a paused run"),
-                       ("kill", "kill a run: its in-flight call is cancelled; it can never resume")):  # fmt: skip
+                       ("kill", "kill a run: its in-flight call is cancelled; it can never resume"),
+                       ("stop", "end a run at its next step, after a call in flight; never resumed")):  # fmt: skip
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("run_id")
         cmd.add_argument("note", nargs="*", help="why, for the record (e.g. 'runaway costs')")
-        cmd.set_defaults(handler=_command, cmd=name)
+        if name == "stop":
+            cmd.add_argument(
+                "--reason", type=_reason, default=StopReason.USER_KILLED, metavar="REASON",
+                help="the stop reason recorded (default USER_KILLED), one of " + ", ".join(StopReason),
+            )  # fmt: skip
+        _add_json_option(cmd)
+        cmd.set_defaults(handler=operator_cli.command, cmd=name)
 
-    why = sub.add_parser("why", help="a run's status, stop reason, evidence and what to do next")
+    why = sub.add_parser(
+        "why", help="a run's status, stop reason, the steps that prove it, its progress, and what to do next"
+    )
     why.add_argument("run_id")
-    why.set_defaults(handler=_why)
+    _add_json_option(why)
+    why.set_defaults(handler=operator_cli.why)
 
-    ps = sub.add_parser("ps", help="list runs with their status and counters")
-    ps.set_defaults(handler=_ps)
+    steps = sub.add_parser("steps", help="a run's step events, the last verdict's evidence marked with >")
+    steps.add_argument("run_id")
+    steps.add_argument("--follow", "-f", action="store_true", help="then show new steps as they come, until Ctrl-C")
+    steps.add_argument("--last", type=_at_least_one, default=None, metavar="N", help="only the last N stored steps")
+    _add_json_option(steps, "one JSON object a line")
+    steps.set_defaults(handler=operator_cli.steps)
 
-    top = sub.add_parser("top", help="live view of the most recently active runs, refreshed until Ctrl-C")
+    ps = sub.add_parser("ps", help="list runs, most recently active first: status, reason, agent, age, spend")
+    ps.add_argument(
+        "--status", type=_status, action="append", default=[], metavar="STATUS",
+        help="only runs with this status (repeatable): running, paused, stopped, completed",
+    )  # fmt: skip
+    ps.add_argument(
+        "--since", type=_duration, default=None, metavar="AGE", help="only runs active since, e.g. 10m, 2h, 1d"
+    )
+    ps.add_argument("--limit", type=_at_least_one, default=50, help="runs shown (default 50)")
+    _add_json_option(ps)
+    ps.set_defaults(handler=operator_cli.ps)
+
+    top = sub.add_parser("top", help="live view of the most recently active runs, until q or Ctrl-C")
     top.add_argument("--interval", type=_above_zero, default=2.0, help="seconds between refreshes (default 2)")
     top.add_argument("--limit", type=_at_least_one, default=30, help="runs shown (default 30)")
-    top.set_defaults(handler=_top)
+    top.set_defaults(handler=operator_cli.watch)
     return parser
+
+
+def _add_json_option(parser: argparse.ArgumentParser, what: str = "JSON") -> None:
+    parser.add_argument("--json", action="store_true", help=f"machine-readable output ({what}); same exit status")
+
+
+def _status(text: str) -> RunStatus:
+    """A run status (an argparse type), in any case."""
+    try:
+        return RunStatus(text.upper())
+    except ValueError:
+        choices = ", ".join(s.lower() for s in RunStatus)
+        raise argparse.ArgumentTypeError(f"not a status: {text!r} (one of {choices})") from None
+
+
+def _reason(text: str) -> StopReason:
+    """A stop reason (an argparse type), in any case."""
+    try:
+        return StopReason(text.upper())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a stop reason: {text!r} (one of {', '.join(StopReason)})") from None
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> float:
+    """A duration (an argparse type): ``90`` or ``90s``, ``10m``, ``2h``, ``1d``, ``1w``."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 10m, 2h, 1d)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 def _above_zero(text: str) -> float:
@@ -198,6 +253,40 @@ def _add_policy_option(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _add_keep_finished_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keep-finished", type=_duration, default=KEEP_FINISHED_S, metavar="AGE",
+        help="how long a stopped or completed run stays in rv_runs after its last write, e.g. 2d "
+        "(default 7d, as long as RV_STEPS keeps its steps); a live run's state never expires",
+    )  # fmt: skip
+
+
+def _add_metrics_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port", type=_metrics_address, default=None, metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST 127.0.0.1 unless given; 0 picks a "
+        "free port); off by default",
+    )  # fmt: skip
+
+
+def _metrics_address(text: str) -> tuple[str, int]:
+    """Where to serve metrics (an argparse type): ``PORT`` or ``HOST:PORT``."""
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+async def _serve_metrics(stack: contextlib.AsyncExitStack, address: tuple[str, int] | None) -> Metrics | None:
+    """Serve Prometheus metrics at ``address`` until ``stack`` closes; None when not asked for."""
+    if address is None:
+        return None
+    metrics = Metrics()
+    server = await stack.enter_async_context(MetricsServer(metrics, *address))
+    print(f"Prometheus metrics at {server.url}", flush=True)
+    return metrics
+
+
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", type=Path, default=None, help="data dir (default $RUNVISOR_HOME or ~/.runvisor)")
     parser.add_argument("--port", type=_port, default=4222, help="client port (default 4222; 0 picks a free one)")
@@ -211,7 +300,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         help="also serve this ToolRegistry (repeatable), e.g. runvisor.actors.sim:demo_tools",
     )  # fmt: skip
     parser.add_argument("--lease-ttl", type=_above_zero, default=DEFAULT_LEASE_TTL_S, help="lease TTL in seconds")
+    _add_metrics_option(parser)
     _add_policy_option(parser)
+    _add_keep_finished_option(parser)
 
 
 def _add_supervisor_options(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +319,9 @@ def _add_supervisor_options(parser: argparse.ArgumentParser) -> None:
         "--idle", type=_above_zero, default=3600.0, metavar="S",
         help="forget runs silent this long (3600); their state stays in rv_runs and is recalled if they go on",
     )  # fmt: skip
+    _add_metrics_option(parser)
     _add_policy_option(parser)
+    _add_keep_finished_option(parser)
 
 
 async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
@@ -248,9 +341,15 @@ async def _up(args: argparse.Namespace, stop: asyncio.Event) -> int:
         stack.push_async_callback(nc.close)
         report = await provision(nc, partitions=args.partitions, lease_ttl_s=args.lease_ttl)
         print("provisioned: " + ", ".join(f"{name} {what}" for name, what in report.items()))
+        metrics = await _serve_metrics(stack, args.metrics_port)
         workers = [
             SupervisorWorker(
-                _supervisor_endpoint(server), partitions=args.partitions, lease_ttl_s=args.lease_ttl, policy=args.policy
+                _supervisor_endpoint(server),
+                metrics=metrics,
+                partitions=args.partitions,
+                lease_ttl_s=args.lease_ttl,
+                policy=args.policy,
+                keep_finished_s=args.keep_finished,
             )
             for _ in range(args.supervisors)
         ]
@@ -275,22 +374,27 @@ def _supervisor_endpoint(server: EmbeddedServer | None) -> Endpoint:
 
 
 async def _supervisor(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    worker = SupervisorWorker(
-        worker_id=args.worker_id, partitions=args.partitions, lease_ttl_s=args.lease_ttl, lookback_s=args.lookback,
-        idle_s=args.idle, policy=args.policy,
-    )  # fmt: skip
-    print(f"supervisor {worker.worker_id} starting; Ctrl-C stops it", flush=True)
-    await worker.run(stop)
+    async with contextlib.AsyncExitStack() as stack:
+        metrics = await _serve_metrics(stack, args.metrics_port)
+        worker = SupervisorWorker(
+            worker_id=args.worker_id, partitions=args.partitions, lease_ttl_s=args.lease_ttl, lookback_s=args.lookback,
+            idle_s=args.idle, policy=args.policy, keep_finished_s=args.keep_finished, metrics=metrics,
+        )  # fmt: skip
+        print(f"supervisor {worker.worker_id} starting; Ctrl-C stops it", flush=True)
+        await worker.run(stop)
     return 0
 
 
 def _print_connect_help(server: EmbeddedServer) -> None:
-    pw = server.credentials.passwords["operator"]
+    # No password on stdout, in a log or on a command line (README "Security"): the operator's goes
+    # from the 0600 file into the nats CLI's context through the environment of one command.
+    creds = server.home / CREDENTIALS_FILE
+    read_pw = f"python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[\"operator\"])' {creds}"
     print(
         f"nats-server {server.url}  (monitoring {server.monitor_url}, data {server.home})\n"
-        f"role passwords: {server.home / 'credentials.json'} (mode 0600)\n"
-        "operators, with the nats CLI:\n"
-        f"  nats context save runvisor --server {server.url} --user operator --password '{pw}' --select\n"
+        f"role passwords: {creds} (mode 0600; the operator's user is 'operator')\n"
+        "operators, with the nats CLI (the password goes from that file into the CLI's context):\n"
+        f'  NATS_PASSWORD="$({read_pw})" nats context save runvisor --server {server.url} --user operator --select\n'
         "  nats pub rv.ctl.RUN pause          # or resume, kill, 'kill runaway costs'\n"
         "  nats req rv.status.RUN ''          # one run's live state as JSON\n"
         "  nats kv watch rv_runs              # every run, live\n"
@@ -305,7 +409,7 @@ async def _demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
 
     # The demo narrates what happens; the actors' own logs would drown it (errors still show).
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
-    return await run_demo(stop)
+    return await run_demo(stop, as_json=args.json)
 
 
 async def _tools(args: argparse.Namespace, stop: asyncio.Event) -> int:
@@ -319,6 +423,10 @@ async def _tools(args: argparse.Namespace, stop: asyncio.Event) -> int:
 def load_registry(spec: str) -> ToolRegistry:
     """``module:attribute`` naming a ``ToolRegistry``, e.g. ``mytools:tools``."""
     module_name, _, attr = spec.partition(":")
+    # A console script's sys.path begins with its own bin directory, not the directory it was run
+    # from: `runvisor tools mytools:tools` must find mytools.py there, as `python -m` would.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         registry = getattr(importlib.import_module(module_name), attr or "tools")
     except (ImportError, AttributeError) as exc:
@@ -326,114 +434,6 @@ def load_registry(spec: str) -> ToolRegistry:
     if not isinstance(registry, ToolRegistry):
         raise CliError(f"{spec!r} is a {type(registry).__name__}, not a ToolRegistry")
     return registry
-
-
-async def _operator(args: argparse.Namespace, work: Callable[[Client], Awaitable[int]], stop: asyncio.Event) -> int:
-    endpoint = Endpoint.discover("operator")
-    nc = await connect(
-        endpoint, "runvisor-cli", give_up_after_s=args.connect_timeout, stop=stop, max_reconnect_attempts=-1
-    )  # ``top`` watches for as long as it runs: a server restarting for minutes is not its end
-    try:
-        return await work(nc)
-    except Exception as exc:
-        if is_not_provisioned(exc):
-            raise not_provisioned(endpoint.url) from exc
-        raise
-    finally:
-        with contextlib.suppress(Exception):  # a connection the server dropped may fail to close
-            await nc.close()
-
-
-async def _command(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    run_id = check_run_id(args.run_id)
-    command = Command(
-        cmd=args.cmd, issuer=f"cli:{os.environ.get('USER', 'operator')}", note=" ".join(args.note) or None
-    )
-
-    async def work(nc: Client) -> int:
-        state = await fetch_state(nc, run_id)
-        refusal = refuse(run_id, state, command)
-        if refusal is not None:
-            raise CliError(refusal)
-        ack = await send_command(nc, run_id, command)
-        print(f"{command.cmd} sent to {run_id} (RV_CONTROL seq {ack.seq})")
-        return 0
-
-    return await _operator(args, work, stop)
-
-
-def refuse(run_id: str, state: RunState | None, command: Command) -> str | None:
-    """Why ``command`` must not be sent to the run in ``state`` (None: send it).
-
-    A command for a run nobody knows would create a phantom run in ``rv_runs``; one that would
-    change nothing (``protocols.commands.fold``) would only mislead: a stopped run cannot be
-    resumed, and a finished one is not killed after the fact.
-    """
-    if state is None:
-        return f"no run {run_id!r} is known (not in rv_runs, and no supervisor answered); nothing sent"
-    before = CommandState(state.status, state.stop_reason)
-    if fold(before, command) != before:
-        return None
-    if before.ended:
-        how = f"{state.status}" + (f", {state.stop_reason}" if state.stop_reason else "")
-        return f"run {run_id} has ended ({how}): a {command.cmd} would change nothing; nothing sent"
-    return f"run {run_id} is {state.status}: a {command.cmd} would change nothing; nothing sent"
-
-
-async def _why(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    run_id = check_run_id(args.run_id)
-
-    async def work(nc: Client) -> int:
-        state = await fetch_state(nc, run_id)
-        if state is None:
-            raise CliError(f"no run {run_id!r} is known (not in rv_runs, and no supervisor answered)")
-        print(describe(state))
-        return 0
-
-    return await _operator(args, work, stop)
-
-
-def ps_table(states: list[RunState]) -> str:
-    """Runs as ``runvisor ps`` and ``runvisor top`` print them."""
-    lines = [f"{'RUN':40} {'STATUS':9} {'REASON':20} {'STEP':>6} {'TOKENS':>9} {'COST':>9} TOOL"]
-    for s in states:
-        lines.append(
-            f"{s.run_id[:40]:40} {s.status:9} {s.stop_reason or '-':20} {s.last_seq:>6} "
-            f"{s.counters.tokens:>9} {s.counters.cost_usd:>9.4f} {s.current_tool or '-'}"
-        )
-    return "\n".join(lines)
-
-
-async def _ps(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    async def work(nc: Client) -> int:
-        print(ps_table(await list_states(nc)))
-        return 0
-
-    return await _operator(args, work, stop)
-
-
-async def _top(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    async def work(nc: Client) -> int:
-        while not stop.is_set():
-            # Clear the screen and home the cursor, like top; plain lines when not on a terminal.
-            prefix = "\x1b[2J\x1b[H" if sys.stdout.isatty() else ""
-            now = time.strftime("%H:%M:%S")
-            try:
-                states = await list_states(nc)
-            except (NatsError, TimeoutError) as exc:
-                if is_not_provisioned(exc):
-                    raise
-                # The server restarting, or a moment unreachable: say so and keep watching.
-                print(f"{prefix}runvisor top: cannot read rv_runs ({exc}), {now}; trying again", flush=True)
-            else:
-                running = sum(s.status == RunStatus.RUNNING for s in states)
-                header = f"runvisor top: {len(states)} runs, {running} running, {now}  (Ctrl-C quits)"
-                print(f"{prefix}{header}\n{ps_table(states[: args.limit])}", flush=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.interval)
-        return 0
-
-    return await _operator(args, work, stop)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ free (or given) ports, and the role passwords in its environment. One data direc
 server: an exclusive lock on ``store.lock``, held by this process and inherited by the server,
 refuses a second one (two servers on one JetStream store corrupt it), and on Linux the server
 is told to stop when the process that started it dies (``kill -9`` of ``runvisor up`` once left
-it serving runs nobody supervised). ``provision`` creates
+it serving runs nobody supervised). Ports taken by another server are refused before starting,
+naming it, and readiness is read from this server's own monitor (``/varz`` names its client
+port): another server's health answer once passed for it. ``server.json`` is removed only by
+the process that wrote it. ``provision`` creates
 every stream and bucket, or updates one whose configuration is out of date; run twice,
 it changes nothing.
 """
@@ -17,7 +20,6 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -37,6 +39,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StreamConfig
 from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError
 
+from runvisor.actors._claims import in_use, lock_store, remove_server_file, taken
 from runvisor.actors.endpoint import SERVER_FILE, Credentials, Endpoint, Role
 from runvisor.errors import NotProvisionedError, ServerError
 from runvisor.protocols import subjects
@@ -114,6 +117,7 @@ class EmbeddedServer:
         self.credentials = Credentials.load_or_create(home)
         self._proc: asyncio.subprocess.Process | None = None
         self._lock: int | None = None  # the store lock's file descriptor while held
+        self._published = False  # whether this process wrote server.json (and so may remove it)
 
     @property
     def url(self) -> str:
@@ -132,7 +136,14 @@ class EmbeddedServer:
         store = self.home / "jetstream"
         store.mkdir(parents=True, exist_ok=True)
         if self._lock is None:
-            self._lock = _lock_store(self.home)
+            self._lock = lock_store(self.home, STORE_LOCK)
+        try:
+            for port, what in ((self.port, "client"), (self.monitor_port, "monitoring")):
+                if in_use(port):
+                    raise ServerError(taken(port, what))
+        except BaseException:
+            await self.stop()  # gives the store lock back
+            raise
         log_file = self.home / "nats-server.log"
         args = [
             str(find_binary()), "-c", str(self.conf), "-a", "127.0.0.1", "-p", str(self.port),
@@ -174,34 +185,53 @@ class EmbeddedServer:
         raise ServerError(f"nats-server did not become ready within {READY_TIMEOUT_S:.0f}s; see its log")
 
     async def _healthy(self) -> bool:
+        """Healthy with JetStream, and this very server: its ``/varz`` names our client port."""
+        health = await self._get("/healthz")
+        if health is None or health[0] != 200:
+            return False
+        varz = await self._get("/varz")
+        try:
+            return varz is not None and json.loads(varz[1]).get("port") == self.port
+        except ValueError:
+            return False
+
+    async def _get(self, path: str) -> tuple[int, bytes] | None:
+        """HTTP GET on the monitoring port: the status and the body; None when nothing answers."""
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", self.monitor_port)
         except OSError:
-            return False
+            return None
         try:
-            writer.write(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
             await writer.drain()
-            status_line = await reader.readline()
-            return b" 200 " in status_line
+            response = await reader.read()
+        except OSError:
+            return None
         finally:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+        head, _, body = response.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)
+        return (int(status[1]), body) if len(status) > 1 and status[1].isdigit() else None
 
     def _write_server_file(self) -> None:
         info = {
             "url": self.url,
             "monitor_url": self.monitor_url,
             "pid": self._proc.pid if self._proc else None,
+            "runvisor_pid": os.getpid(),
         }
         (self.home / SERVER_FILE).write_text(json.dumps(info, indent=2))
+        self._published = True
 
     async def stop(self) -> None:
         """Stop the server: SIGTERM, then SIGKILL if it has not exited in time."""
         proc, self._proc = self._proc, None
         try:
-            if self.publish:
-                (self.home / SERVER_FILE).unlink(missing_ok=True)
+            if self._published:
+                self._published = False
+                remove_server_file(self.home)
             if proc is None or proc.returncode is not None:
                 return
             proc.send_signal(signal.SIGTERM)
@@ -230,28 +260,6 @@ class EmbeddedServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
-
-
-def _lock_store(home: Path) -> int:
-    """Take the data directory's lock, or say who holds it; returns the lock's file descriptor."""
-    fd = os.open(home / STORE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ServerError(
-            f"another runvisor server is using {home}{_described_owner(home)}: use that one, stop it first, "
-            "or give this one a data directory of its own (--home, RUNVISOR_HOME)"
-        ) from None
-    return fd
-
-
-def _described_owner(home: Path) -> str:
-    try:
-        info = json.loads((home / SERVER_FILE).read_text())
-        return f" (nats-server pid {info['pid']} at {info['url']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
 
 
 #: Linux's prctl option that signals a process when its parent dies.
@@ -290,7 +298,10 @@ _STREAM_FIELDS = (
     "max_msgs_per_subject", "duplicate_window", "allow_direct", "description",
 )  # fmt: skip
 # What a bucket's settings control in its stream; the rest is nats-py's KV layout, left alone.
-_KV_FIELDS = ("description", "max_age", "max_msgs_per_subject", "allow_direct")
+_KV_FIELDS = (
+    "description", "max_age", "max_msgs_per_subject", "allow_direct", "allow_msg_ttl", "allow_rollup_hdrs",
+    "deny_purge",
+)  # fmt: skip
 
 
 def kv_stream_config(kv: KeyValueConfig) -> StreamConfig:
@@ -302,6 +313,15 @@ def kv_stream_config(kv: KeyValueConfig) -> StreamConfig:
         allow_direct=True,
         max_age=kv.ttl,
         max_msgs_per_subject=kv.history,
+        # Per-message TTLs (nats-server 2.11+): a finished run's state in rv_runs expires on its own.
+        # nats-py creates buckets with it; one made elsewhere gets it here (it can be turned on, not off).
+        allow_msg_ttl=True,
+        # No roll-ups, no purges: whoever may write one key of a bucket could otherwise empty all of it
+        # with one message (header `Nats-Rollup: all`), which no subject permission can stop. runvisor
+        # never purges a key (it deletes, with a marker); emptying a bucket is for `admin`, who may
+        # update the stream first.
+        allow_rollup_hdrs=False,
+        deny_purge=True,
     )
 
 
@@ -350,6 +370,7 @@ async def provision(
             await js.stream_info(f"KV_{kv.bucket}")
         except NotFoundError:
             await js.create_key_value(dataclasses.replace(kv, direct=True))
+            await _ensure_stream(js, kv_stream_config(kv), _KV_FIELDS)  # what nats-py's layout leaves open
             report[kv.bucket] = "created"
             continue
         report[kv.bucket] = await _ensure_stream(js, kv_stream_config(kv), _KV_FIELDS)

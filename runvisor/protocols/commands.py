@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runvisor.protocols.messages import Command
+from runvisor.protocols.messages import Command, RunState
 from runvisor.protocols.reasons import RunStatus, StopReason
 
 ENDED = frozenset({RunStatus.STOPPED, RunStatus.COMPLETED})
@@ -50,4 +50,23 @@ def end_reason(command: Command) -> StopReason:
     return StopReason.USER_KILLED if command.cmd == "kill" else StopReason.USER_PAUSED
 
 
-__all__ = ["ENDED", "CommandState", "end_reason", "fold"]
+def refusal(run_id: str, state: RunState | None, command: Command) -> str | None:
+    """Why ``command`` must not be applied to the run in ``state`` (None: apply it).
+
+    The ``runvisor`` CLI refuses to send such a command and supervisors ignore one sent anyway
+    (the ``nats`` CLI): a command for a run nobody knows would create a phantom run in
+    ``rv_runs``, and one that changes nothing (see :func:`fold`) would only mislead: a stopped
+    run cannot be resumed, and a finished one is not killed after the fact.
+    """
+    if state is None:
+        return f"no run {run_id!r} is known (not in rv_runs, and no supervisor answered)"
+    before = CommandState(state.status, state.stop_reason)
+    if fold(before, command) != before:
+        return None
+    if before.ended:
+        how = f"{state.status}" + (f", {state.stop_reason}" if state.stop_reason else "")
+        return f"run {run_id} has ended ({how}): a {command.cmd} would change nothing"
+    return f"run {run_id} is {state.status}: a {command.cmd} would change nothing"
+
+
+__all__ = ["ENDED", "CommandState", "end_reason", "fold", "refusal"]

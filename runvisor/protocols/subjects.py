@@ -22,6 +22,9 @@ from runvisor.protocols.messages import check_run_id
 PREFIX = "rv"
 DEFAULT_PARTITIONS = 32
 DEFAULT_LEASE_TTL_S = 6.0
+#: How long steps and commands are kept in their streams, and a finished run's state in ``rv_runs``
+#: (a per-message TTL its supervisor sets on it: see ``streams/runs.py``): a week.
+KEEP_FINISHED_S = 7 * 24 * 3600.0
 
 STEPS_STREAM = "RV_STEPS"
 CONTROL_STREAM = "RV_CONTROL"
@@ -111,6 +114,23 @@ def direct_get(stream: str) -> str:
     return f"$JS.API.DIRECT.GET.{stream}"
 
 
+#: The reply subjects of the nats CLI and of nats-py by default; runvisor's roles each use their own.
+DEFAULT_INBOX = "_INBOX"
+
+
+def inbox_prefix(role: str) -> str:
+    """Where a role's connection takes its replies: ``_INBOX_<role>``, the one inbox its user may
+    subscribe to (``roles.conf``), so no role reads another's replies."""
+    return f"{DEFAULT_INBOX}_{check_token(role, 'role')}"
+
+
+def is_inbox(subject: str) -> bool:
+    """Whether ``subject`` is a reply inbox (``_INBOX.``, ``_INBOX_<role>.``), not a subject with a
+    meaning of its own: a responder answers only there, never on ``$KV...`` or ``rv.ctl...`` named as
+    a reply by a caller who may not publish there itself."""
+    return subject.startswith(DEFAULT_INBOX) and "." in subject
+
+
 def lease_key(partition: int) -> str:
     return f"p{partition}"
 
@@ -128,7 +148,7 @@ def check_token(value: str, what: str) -> str:
 
 def steps_stream_config(
     partitions: int = DEFAULT_PARTITIONS,
-    max_age_s: float = 7 * 24 * 3600,
+    max_age_s: float = KEEP_FINISHED_S,
     max_bytes: int = 8 * 1024**3,
 ) -> StreamConfig:
     """``RV_STEPS``: every step, stored under its partition so each supervisor reads only its own."""
@@ -157,7 +177,7 @@ def partitions_in(config: StreamConfig) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def control_stream_config(max_age_s: float = 7 * 24 * 3600) -> StreamConfig:
+def control_stream_config(max_age_s: float = KEEP_FINISHED_S) -> StreamConfig:
     """``RV_CONTROL``: durable commands, so one sent while an agent is away is applied on return."""
     return StreamConfig(
         name=CONTROL_STREAM,

@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import sys
+import time
 from pathlib import Path
 
 import nats
@@ -15,12 +16,11 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 
 from runvisor.actors.connection import connect
-from runvisor.actors.endpoint import Role
+from runvisor.actors.endpoint import Credentials, Role
 from runvisor.actors.server import EmbeddedServer, free_port, provision
-from runvisor.errors import ConnectError, ServerError
+from runvisor.errors import ConnectError, PermissionDenied, ServerError
 from runvisor.protocols import codec, subjects
 from runvisor.protocols.messages import Command, StepEvent
 from runvisor.protocols.reasons import StopReason
@@ -160,9 +160,9 @@ async def test_agent_can_keep_checkpoints_but_tool_cannot(server: EmbeddedServer
 async def test_tool_cannot_subscribe_to_control(server: EmbeddedServer) -> None:
     nc, errors = await _as(server, "tool")
     try:
-        await nc.subscribe("rv.ctl.*")
-        await nc.flush()
-        await eventually(lambda: any("permissions violation for subscription" in e.lower() for e in errors.seen))
+        with pytest.raises(PermissionDenied, match=r"user 'tool' may not subscribe to 'rv\.ctl\.\*'"):
+            await nc.subscribe("rv.ctl.*")
+        assert any("permissions violation for subscription" in e.lower() for e in errors.seen)
     finally:
         await nc.close()
 
@@ -194,11 +194,13 @@ async def test_tool_replies_to_a_request(server: EmbeddedServer) -> None:
         await agent.close()
 
 
-async def test_denied_jetstream_publish_times_out_instead_of_acking(server: EmbeddedServer) -> None:
+async def test_denied_jetstream_publish_is_permission_denied_at_once_not_a_timeout(server: EmbeddedServer) -> None:
     nc, errors = await _as(server, "agent")
     try:
-        with pytest.raises(NatsTimeout):
-            await nc.jetstream().publish("rv.ctl.someone", b"kill", timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(PermissionDenied, match=r"user 'agent' may not publish to 'rv\.ctl\.someone'"):
+            await nc.jetstream().publish("rv.ctl.someone", b"kill", timeout=4)
+        assert time.monotonic() - started < 2, "refused by the server's answer, not by the timeout"
         assert errors.violation("rv.ctl.someone")
     finally:
         await nc.close()
@@ -231,13 +233,71 @@ async def test_restart_keeps_passwords_and_data(fresh_server: EmbeddedServer) ->
             await nc.close()
 
 
-async def test_a_taken_port_is_a_clear_error(server: EmbeddedServer, tmp_path: object) -> None:
-    import pathlib  # noqa: PLC0415
+async def test_a_taken_port_names_the_server_on_it_and_leaves_it_alone(server: EmbeddedServer, tmp_path: Path) -> None:
+    # Another server's port: once a raw nats-server log line, or, for the monitoring port, that
+    # server's health answer taken for this one's.
+    for port, monitor_port in ((server.port, None), (None, server.monitor_port)):
+        with pytest.raises(ServerError, match=r"the \w+ port \d+ is taken by pid \d+ \(.*nats-server.*\): give"):
+            async with EmbeddedServer(tmp_path / "other", port=port, monitor_port=monitor_port):
+                pass
+    nc = await connect(server.endpoint("admin"), "t-still-serving")
+    await nc.close()
 
-    assert isinstance(tmp_path, pathlib.Path)
-    with pytest.raises(ServerError, match="exited with code"):
-        async with EmbeddedServer(tmp_path / "other", port=server.port):
-            await asyncio.sleep(0)
+
+async def _up(home: Path, port: int, monitor_port: int) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "runvisor.actors.cli", "up", "--home", str(home), "--port", str(port),
+        "--monitor-port", str(monitor_port), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "NATS_URL"},
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(90)
+async def test_a_second_up_on_the_same_home_or_ports_names_the_first_and_exits_non_zero(tmp_path: Path) -> None:
+    # Given `runvisor up` serving,
+    first_home, other_home = tmp_path / "first", tmp_path / "other"
+    port, monitor_port = free_port(), free_port()
+    first = await _up(first_home, port, monitor_port)
+    try:
+        assert first.stdout is not None
+        while b"runvisor is up" not in (line := await asyncio.wait_for(first.stdout.readline(), 30)):
+            assert line, "the first runvisor up ended before it was up"
+        info = json.loads((first_home / "server.json").read_text())
+        who = f"(runvisor up pid {first.pid}, nats-server pid {info['pid']}, at nats://127.0.0.1:{port})"
+        # a second one on its data directory, its client port or its monitoring port says so and exits,
+        for home, ports, said in (
+            (first_home, (free_port(), free_port()), f"another runvisor server is using {first_home} {who}"),
+            (other_home, (port, free_port()), f"runvisor is already running on {first_home} {who}, on the client port"),
+            (other_home, (free_port(), monitor_port), f"runvisor is already running on {first_home} {who}, on the "
+             "monitoring port"),
+        ):  # fmt: skip
+            second = await _up(home, *ports)
+            out, err = await asyncio.wait_for(second.communicate(), 30)
+            assert second.returncode == 2, (out, err)
+            assert said in err.decode(), err
+            assert b"runvisor is up" not in out
+        # leaving the first one serving, and findable: its server.json is its own still.
+        assert json.loads((first_home / "server.json").read_text()) == info
+        assert not (other_home / "server.json").exists()
+        nc = await connect(Credentials.load_or_create(first_home).endpoint(info["url"], "admin"), "t-first")
+        await nc.close()
+    finally:
+        if first.returncode is None:
+            first.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(first.communicate(), 20)
+    assert not (first_home / "server.json").exists(), "the first one removes its own server.json on exit"
+
+
+async def test_server_json_is_removed_only_by_the_process_that_wrote_it(tmp_path: Path) -> None:
+    server = EmbeddedServer(tmp_path, publish=True)
+    await server.start()
+    ours = json.loads((tmp_path / "server.json").read_text())
+    assert ours["runvisor_pid"] == os.getpid()
+    # Another process's server.json in its place (written by hand, or by a later server):
+    theirs = {**ours, "runvisor_pid": ours["runvisor_pid"] + 1}
+    (tmp_path / "server.json").write_text(json.dumps(theirs))
+    await server.stop()
+    assert json.loads((tmp_path / "server.json").read_text()) == theirs
 
 
 async def test_a_second_server_on_the_same_data_directory_is_refused(fresh_server: EmbeddedServer) -> None:

@@ -155,7 +155,8 @@ async def test_status_request_answers_with_live_counters(
     worker: SupervisorWorker, agent_nc: Client, operator: Client, run_id: str
 ) -> None:
     await publish(agent_nc, find_file_loop(run_id, 0, repeats=1))
-    await eventually(lambda: run_id in worker.engine.windows)
+    # All three events judged (the window exists from the first, the llm event).
+    await eventually(lambda: run_id in worker.engine.windows and worker.engine.windows[run_id].last_seq == 2)
     reply = await operator.request(subjects.status(run_id), b"", timeout=5)
     state = codec.decode_json(RunState, reply.data)
     assert state.run_id == run_id

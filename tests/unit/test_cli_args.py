@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runvisor.actors.cli import _parser, main, refuse
+from runvisor.actors.cli import _parser, main
+from runvisor.protocols.commands import refusal
 from runvisor.protocols.messages import Command, RunState
 from runvisor.protocols.reasons import RunStatus, StopReason
 
@@ -75,7 +76,7 @@ def test_a_command_without_its_run_asks_for_the_run_only(capsys: pytest.CaptureF
 def test_a_command_that_would_change_nothing_is_refused(
     status: RunStatus, reason: StopReason | None, cmd: str, refused: str | None
 ) -> None:
-    said = refuse("r", RunState(run_id="r", status=status, stop_reason=reason), Command(cmd=cmd))
+    said = refusal("r", RunState(run_id="r", status=status, stop_reason=reason), Command(cmd=cmd))
     assert (said is None) == (refused is None), said
     if refused is not None:
         assert said is not None
@@ -83,6 +84,6 @@ def test_a_command_that_would_change_nothing_is_refused(
 
 
 def test_a_command_for_an_unknown_run_is_refused() -> None:
-    said = refuse("ghost", None, Command(cmd="kill"))
+    said = refusal("ghost", None, Command(cmd="kill"))
     assert said is not None
     assert "no run 'ghost' is known" in said

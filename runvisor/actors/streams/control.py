@@ -1,9 +1,10 @@
 """Stream ``RV_CONTROL``: commands stored for each run, sent and read back.
 
-A run's last command, and when the server stored it,
-Read by an agent on start, resume and reconnect (a command sent while it was away still
-counts) and by a supervisor that replays history after taking a partition over (a decision
-already acted on, or overtaken by a later command, is not sent again).
+A run's last command, and when the server stored it, is read by an agent on start, resume
+and reconnect (a command sent while it was away still counts) and by a supervisor that
+replays history after taking a partition over (a decision already acted on, or overtaken by
+a later command, is not sent again). Operators read all of a run's commands (at most 256 are
+kept per run) to show who held or ended it and why (``runvisor why``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 
+from runvisor.actors.streams._bucket import READ_TIMEOUT_S
 from runvisor.protocols import codec, subjects
 from runvisor.protocols.messages import Command
 
@@ -62,4 +64,30 @@ async def last_stored_command(js: JetStreamContext, run_id: str) -> StoredComman
     return StoredCommand(command, msg.time)
 
 
-__all__ = ["StoredCommand", "last_stored_command"]
+async def stored_commands(js: JetStreamContext, run_id: str) -> list[StoredCommand]:
+    """Every command stored for ``run_id`` in ``RV_CONTROL``, oldest first; undecodable ones left out.
+
+    Raises:
+        nats.errors.TimeoutError: the server stopped answering in the middle.
+    """
+    sub = await js.subscribe(subjects.ctl(run_id), stream=subjects.CONTROL_STREAM, ordered_consumer=True)
+    commands: list[StoredCommand] = []
+    try:
+        info = await sub.consumer_info()
+        if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+            return commands
+        while True:
+            msg = await sub.next_msg(timeout=READ_TIMEOUT_S)
+            try:
+                command = codec.decode_command(msg.data or b"", (msg.headers or {}).get(codec.CONTENT_TYPE))
+            except ValueError:
+                pass  # a malformed `nats pub`: its supervisor reported it when it came
+            else:
+                commands.append(StoredCommand(command, msg.metadata.timestamp))
+            if msg.metadata.num_pending == 0:
+                return commands
+    finally:
+        await sub.unsubscribe()
+
+
+__all__ = ["StoredCommand", "last_stored_command", "send_command", "stored_commands"]

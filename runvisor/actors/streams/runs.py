@@ -3,6 +3,15 @@
 Reads live here; the one writer is the supervisor worker that owns the run (``_write_states``).
 Values are JSON, so ``nats kv get rv_runs RUN`` and ``nats kv watch rv_runs`` are readable;
 msgpack values from older workers are still read.
+
+Retention: a stopped or completed run's state is written with a per-message TTL (the
+``Nats-TTL`` header, nats-server 2.11+, on a bucket that allows it), so it leaves the bucket
+that long after its last write (:func:`finished_ttl`, a week by default, as long as ``RV_STEPS``
+keeps the steps). A live run's state is written without one and never expires; each write of a
+key replaces the previous one (history 1), TTL and all, so a run that goes on after being
+written as finished is live again. Chosen over a TTL on the whole bucket, which would also
+remove a paused run nobody touched for a week, and over a sweep by the supervisors, which
+would need an owner per key and a scan of the bucket: the server expires each key on its own.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from nats.js.kv import KeyValue
 
 from runvisor.actors.streams._bucket import latest_values
 from runvisor.protocols import codec, subjects
+from runvisor.protocols.commands import ENDED
 from runvisor.protocols.messages import RunState
 
 log = logging.getLogger(__name__)
@@ -49,4 +59,15 @@ async def list_states(nc: Client) -> list[RunState]:
     return sorted(states, key=lambda s: s.updated_at, reverse=True)
 
 
-__all__ = ["list_states", "read_state", "stored_state"]
+def finished_ttl(state: RunState, keep_finished_s: float) -> int | None:
+    """The TTL, in whole seconds (at least 1: the server ignores 0), to write ``state`` with; None for a live run."""
+    return max(1, round(keep_finished_s)) if state.status in ENDED else None
+
+
+async def allows_ttl(nc: Client) -> bool:
+    """Whether the ``rv_runs`` bucket takes per-message TTLs (one provisioned before they were used may not)."""
+    info = await nc.jetstream().stream_info(f"KV_{subjects.RUNS_BUCKET}")
+    return bool(info.config.allow_msg_ttl)
+
+
+__all__ = ["allows_ttl", "finished_ttl", "list_states", "read_state", "stored_state"]

@@ -41,7 +41,7 @@ class Decisions:
     def __init__(
         self, nc: Client, js: JetStreamContext, engine: Engine, owns: Callable[[str], bool],
         stored_state: Callable[[str], Awaitable[RunState | None]], stopping: asyncio.Event,
-        clock: Callable[[], float], worker_id: str,
+        clock: Callable[[], float], worker_id: str, on_published: Callable[[Verdict], None] | None = None,
     ) -> None:  # fmt: skip
         """Args:
         nc: the worker's main connection (verdicts on ``rv.event``).
@@ -52,6 +52,7 @@ class Decisions:
         stopping: set when the worker stops (a command being retried is left to the next owner).
         clock: wall clock (seconds).
         worker_id: the issuer of commands, and for logs.
+        on_published: called with each verdict once published (metrics count them).
         """
         self._nc = nc
         self._js = js
@@ -61,6 +62,7 @@ class Decisions:
         self._stopping = stopping
         self._clock = clock
         self.worker_id = worker_id
+        self._on_published = on_published
         self.commands_sent = 0  # a count, not a list: a worker runs for months
         self._checking: dict[str, asyncio.Task[None]] = {}  # warnings on history being checked, by run
         self._check_slots = asyncio.Semaphore(MAX_CHECKING)
@@ -151,6 +153,8 @@ class Decisions:
         await self._nc.publish(
             subjects.event(verdict.run_id), codec.encode_json(verdict), headers={codec.CONTENT_TYPE: codec.JSON}
         )
+        if self._on_published is not None:
+            self._on_published(verdict)
         if verdict.severity == "warn":
             extra = {"run_id": verdict.run_id, "worker": self.worker_id}
             log.info("warning: %s", verdict.evidence.summary, extra=extra)

@@ -29,7 +29,7 @@ import datetime as dt
 import functools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -83,6 +83,7 @@ class Followers:
         self._clock = clock
         self._worker_id = worker_id
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._subs: dict[int, Any] = {}  # each followed partition's ordered consumer, once created
         # Per followed partition, its last sequence within the lookback when following began, until
         # that step is judged; then 0 (live). Absent while following is still being set up.
         self._history_until: dict[int, int] = {}
@@ -137,6 +138,27 @@ class Followers:
         """Whether ``partition`` is followed and the last step of its history is not judged yet."""
         return partition in self._tasks and self._history_until.get(partition) != 0
 
+    async def lag(self, timeout: float = 2.0) -> dict[int, int]:
+        """Per followed partition, the steps stored and not judged yet: those its consumer has still to
+        deliver (the server's count), and those delivered and waiting here, queued or held back.
+
+        One request per partition, on the steps connection: for metrics, every few seconds, not per
+        step. A partition whose consumer does not answer within ``timeout`` (being re-created after
+        a server restart, say) is left out this time.
+        """
+        queued = Counter(partition for partition, _, _ in self._queue)
+
+        async def pending(partition: int, sub: Any) -> tuple[int, int] | None:
+            try:
+                info = await asyncio.wait_for(sub.consumer_info(), timeout)
+            except Exception:
+                return None
+            held = len(self._held_back.get(partition, ()))
+            return partition, (info.num_pending or 0) + queued[partition] + held
+
+        found = await asyncio.gather(*(pending(p, sub) for p, sub in list(self._subs.items())))
+        return dict(item for item in found if item is not None)
+
     def release_ready(self) -> None:
         """Queue what was held back on partitions whose lease is fresh again (ones gone quiet since).
 
@@ -168,6 +190,7 @@ class Followers:
                     idle_heartbeat=CONSUMER_HEARTBEAT_S,
                 )  # fmt: skip
                 _resume_no_earlier_than(sub, start)
+                self._subs[partition] = sub
                 break
             except Exception as exc:
                 log.warning("cannot follow partition %d yet: %s", partition, exc, extra={"worker": self._worker_id})
@@ -176,6 +199,8 @@ class Followers:
         try:
             await asyncio.Future()  # until stop() cancels this task
         finally:
+            if self._subs.get(partition) is sub:
+                del self._subs[partition]
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 

@@ -35,13 +35,16 @@ class Rejections:
     def __init__(self, every_s: float = 30.0) -> None:
         self.every_s = every_s
         self.total = 0
+        #: Rejections by kind of message ("step", "command"), replayed ones included: for metrics.
+        self.by_kind: dict[str, int] = {}
         self._unlogged = 0
         self._log = Sparing(every_s)
         self._reported_at: dict[str, float] = {}
 
-    def add(self, run_id: str, now: float, *, replayed: bool = False) -> Said:
-        """Count one rejection for ``run_id`` at ``now`` (monotonic seconds)."""
+    def add(self, run_id: str, now: float, *, replayed: bool = False, kind: str = "step") -> Said:
+        """Count one rejection of a ``kind`` of message for ``run_id`` at ``now`` (monotonic seconds)."""
         self.total += 1
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
         if replayed:
             return Said(0, report=False)
         self._unlogged += 1

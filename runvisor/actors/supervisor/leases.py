@@ -75,6 +75,8 @@ class Leases:
         self.clock = clock
         self._held: dict[int, _Held] = {}
         self._value = worker_id.encode()
+        #: Leases taken, given back and lost (not renewed in time, or taken over) since start: for metrics.
+        self.changes = {"gained": 0, "released": 0, "lost": 0}
 
     @property
     def owned(self) -> list[int]:
@@ -164,6 +166,7 @@ class Leases:
         except (KeyWrongLastSequenceError, KeyNotFoundError):
             return None  # held by a live worker (or given back and expired while nats-py retried)
         self._held[partition] = _Held(revision, started)
+        self.changes["gained"] += 1
         log.debug("lease taken", extra={"partition": partition, "worker": self.worker_id})
         return partition
 
@@ -177,6 +180,7 @@ class Leases:
             await self.on_lose(partition)
         finally:
             self._held.pop(partition, None)
+            self.changes["released"] += 1
         try:
             await self.kv.delete(subjects.lease_key(partition), last=held.revision)
         except (KeyNotFoundError, KeyDeletedError, KeyWrongLastSequenceError):
@@ -190,4 +194,5 @@ class Leases:
 
     async def _drop(self, partition: int) -> None:
         if self._held.pop(partition, None) is not None:
+            self.changes["lost"] += 1
             await self.on_lose(partition)

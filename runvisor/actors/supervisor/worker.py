@@ -28,17 +28,21 @@ from nats.js.kv import KeyValue
 
 from runvisor.actors.connection import Sparing
 from runvisor.actors.endpoint import Endpoint
+from runvisor.actors.metrics import Metrics, WorkerSnapshot
 from runvisor.actors.runtime import Actor
-from runvisor.actors.streams.runs import read_state
-from runvisor.actors.streams.steps import direct_get_step
+from runvisor.actors.streams.runs import allows_ttl, finished_ttl, read_state
+from runvisor.actors.streams.steps import direct_get_step, stored_before
 from runvisor.actors.supervisor._decide import Decisions
 from runvisor.actors.supervisor._follow import Followers
+from runvisor.actors.supervisor._metrics import LAG_EVERY_S, Measures
 from runvisor.actors.supervisor._rejections import Rejections
 from runvisor.actors.supervisor.detection.engine import Engine
 from runvisor.actors.supervisor.leases import Leases
+from runvisor.errors import ConfigError
 from runvisor.protocols import codec, subjects
 from runvisor.protocols.codec import DecodeError
-from runvisor.protocols.messages import RunState, StepEvent
+from runvisor.protocols.commands import ENDED, refusal
+from runvisor.protocols.messages import Command, RunState, StepEvent
 from runvisor.protocols.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -61,8 +65,8 @@ class SupervisorWorker(Actor):
         self, endpoint: Endpoint | None = None, *, nc: Any = None, worker_id: str | None = None,
         partitions: int | None = None, lease_ttl_s: float | None = None,
         lookback_s: float = 900.0, idle_s: float = 3600.0, finished_s: float = FINISHED_S, flush_s: float = 1.0,
-        tick_s: float = 1.0,
-        policy: Policy | None = None, clock: Callable[[], float] = time.time,
+        tick_s: float = 1.0, keep_finished_s: float = subjects.KEEP_FINISHED_S,
+        policy: Policy | None = None, clock: Callable[[], float] = time.time, metrics: Metrics | None = None,
     ) -> None:  # fmt: skip
         """Args:
         endpoint: where to connect (the supervisor role); discovered when None.
@@ -79,8 +83,11 @@ class SupervisorWorker(Actor):
         flush_s: how often dirty run states are written to ``rv_runs`` (once a second by default:
             ``rv_runs`` is the view that outlives the worker; ``rv.status`` answers live).
         tick_s: how often silent stalls are checked.
+        keep_finished_s: how long a stopped or completed run's state stays in ``rv_runs`` after its
+            last write (a per-message TTL, see ``streams/runs.py``); a live run's never expires.
         policy: the default policy for runs whose start event carries none.
         clock: wall clock (seconds), shared with event timestamps.
+        metrics: the Prometheus registry to report to (``runvisor supervisor --metrics-port``); None: none.
         """
         super().__init__(endpoint, nc=nc, name=f"supervisor-{worker_id or ''}".rstrip("-"))
         self.worker_id = subjects.check_token(worker_id or uuid.uuid4().hex[:12], "worker id")
@@ -93,6 +100,8 @@ class SupervisorWorker(Actor):
         self.finished_s = finished_s
         self.flush_s = flush_s
         self.tick_s = tick_s
+        self.keep_finished_s = keep_finished_s
+        self._ttl = True  # whether rv_runs takes per-message TTLs (checked on start)
         self.clock = clock
         self.engine = Engine(policy)
         self.processed = 0
@@ -108,6 +117,8 @@ class SupervisorWorker(Actor):
         self._leases: Leases | None = None
         self._unwritable = Sparing(UNWRITABLE_LOG_EVERY_S)
         self._rejections = Rejections()
+        self.metrics = metrics
+        self.measures = Measures()
 
     @property
     def leases(self) -> Leases:
@@ -132,6 +143,10 @@ class SupervisorWorker(Actor):
         self._js = self.nc.jetstream()
         steps_nc = await self.connect_more("steps")
         self._runs_kv = await self._js.key_value(subjects.RUNS_BUCKET)
+        self._ttl = await allows_ttl(self.nc)
+        if not self._ttl:  # a TTL there would have every write refused: finished runs are kept instead
+            log.warning("rv_runs does not allow per-message TTLs: finished runs stay until `runvisor up` "
+                        "provisions it again", extra={"worker": self.worker_id})  # fmt: skip
         lease_kv = await self._js.key_value(subjects.LEASES_BUCKET)
         if not self._partitions_given:
             steps = (await self._js.stream_info(subjects.STEPS_STREAM)).config
@@ -144,11 +159,16 @@ class SupervisorWorker(Actor):
             time.monotonic,
         )  # fmt: skip
         self._decisions = Decisions(
-            self.nc, self._js, self.engine, self.owns, self._stored_state, self.stopping, self.clock, self.worker_id
-        )
+            self.nc, self._js, self.engine, self.owns, self._stored_state, self.stopping, self.clock, self.worker_id,
+            on_published=self.measures.decisions.add,
+        )  # fmt: skip
+        # Steps are timed only for metrics: a worker without them pays nothing per step.
+        judge = self._step if self.metrics is None else self.measures.timed(self._step)
         self._followers = Followers(
-            self.nc, steps_nc, self.leases.holds, self._step, self.lookback_s, self.clock, self.worker_id
+            self.nc, steps_nc, self.leases.holds, judge, self.lookback_s, self.clock, self.worker_id
         )
+        if self.metrics is not None:
+            self.metrics.watch(self.worker_id, self.snapshot)
         await self.nc.subscribe(subjects.CTL_ALL, cb=self._on_command)
         await self.nc.subscribe(subjects.STATUS_ALL, cb=self._on_status)
         await self.leases.round()
@@ -159,6 +179,7 @@ class SupervisorWorker(Actor):
             self._every(self.leases.ttl_s / 3, self._lease_round),
             self._every(self.tick_s, self._tick),
             self._every(self.flush_s, self._flush),
+            *([self._every(LAG_EVERY_S, self._measure_lag)] if self.metrics is not None else []),
         ]
 
     async def on_stop(self) -> None:
@@ -229,6 +250,8 @@ class SupervisorWorker(Actor):
             self.first_at = now
         if event.seq > 1 and event.kind != "start" and event.run_id not in self.engine.windows:
             await self._recall(partition, event.run_id, now)
+        if event.kind == "start" and await self._start_refused(partition, msg, event, now, stored_at is not None):
+            return
         # History is seen when it happened: a run already silent before a takeover is not
         # given a fresh stall timeout by being replayed.
         verdicts = self.engine.observe(event, now if stored_at is None else min(now, stored_at))
@@ -237,6 +260,29 @@ class SupervisorWorker(Actor):
             for verdict in verdicts:
                 await self.decisions.decide(verdict, stored_at)
             self._dirty.add(event.run_id)  # a stored command may have been applied meanwhile
+
+    async def _start_refused(self, partition: int, msg: Msg, event: StepEvent, now: float, replayed: bool) -> bool:
+        """Whether a ``start`` is refused: one for a run that has ended (stopped or completed) would
+        have it judged afresh, under a policy of the sender's choosing. It is said on ``rv.event.<run>``
+        and the run stays as it ended. A run not in memory with earlier steps in ``RV_STEPS`` is
+        recalled first, so a live one keeps the policy of its first start (the engine takes a
+        start's policy only before the run's first step)."""
+        run_id = event.run_id
+        if run_id not in self.engine.windows:
+            try:
+                seen_before = await stored_before(self.nc, partition, run_id, msg.metadata.sequence.stream)
+            except Exception as exc:  # judged as a new run, as before this check
+                log.warning("no look for earlier steps: %s", exc, extra={"run_id": run_id, "worker": self.worker_id})
+                seen_before = False
+            if seen_before:
+                await self._recall(partition, run_id, now)
+        state = self.engine.state(run_id) if run_id in self.engine.windows else None
+        if state is None or state.status not in ENDED:
+            return False
+        reason = f", {state.stop_reason.value}" if state.stop_reason else ""
+        why = f"run {run_id} has ended ({state.status.value}{reason}); a new run needs a new id"
+        await self._rejected("start", msg.subject, ConfigError(why), replayed=replayed)
+        return True
 
     async def _recall(self, partition: int, run_id: str, now: float) -> None:
         """Before judging a run first seen mid-way, recall its policy from its ``start`` event in
@@ -280,16 +326,40 @@ class SupervisorWorker(Actor):
             return
         now = self.clock()
         if run_id not in self.engine.windows:
-            # A command for a run forgotten (idle, or finished): applied to a bare window, it would
-            # overwrite the run's counters and task in rv_runs with zeros.
+            stored = await self._stored_state(run_id)
+            if stored is not None and (refused := refusal(run_id, stored, command)) and stored.status in ENDED:
+                await self._ignored(run_id, command, refused)  # an ended run stays as it was written
+                return
+            # A command for a run forgotten (idle, or finished), or not written yet: applied to a bare
+            # window, it would overwrite the run's counters and task in rv_runs with zeros.
             await self._recall(subjects.partition_of(run_id, self.partitions), run_id, now)
+        if run_id not in self.engine.windows:  # no state and no start step: nobody knows this run
+            await self._ignored(run_id, command, f"no run {run_id!r} is known")
+            return
+        state = self.engine.state(run_id)
+        if (refused := refusal(run_id, state, command)) is not None:
+            if state.status in ENDED:  # a no-op on a live run (a resume of a running one) is just that
+                await self._ignored(run_id, command, refused)
+            return
         self.engine.apply_command(run_id, command, now)
         self._dirty.add(run_id)
 
-    async def _rejected(self, what: str, subject: str, exc: DecodeError, *, replayed: bool = False) -> None:
-        """Count a rejected step or command; say so sparingly in the log and on the run's ``rv.event``."""
+    async def _ignored(self, run_id: str, command: Command, why: str) -> None:
+        """Say on the run's ``rv.event`` and in the log that ``command`` was ignored (DESIGN §8): one
+        sent with the ``nats`` CLI for a run nobody knows, or one that would change nothing. A
+        supervisor's own decision comes back here after its engine applied it: nothing to say."""
+        if command.issuer.startswith("supervisor:"):
+            return
+        log.warning("%s ignored: %s", command.describe(), why, extra={"run_id": run_id, "worker": self.worker_id})
+        report = {"run_id": run_id, "error": f"{command.cmd} ignored: {why}", "command": codec.to_wire(command)}
+        await self.nc.publish(
+            subjects.event(run_id), codec.json_bytes(report), headers={codec.CONTENT_TYPE: codec.JSON}
+        )
+
+    async def _rejected(self, what: str, subject: str, exc: Exception, *, replayed: bool = False) -> None:
+        """Count a rejected step, start or command; say so sparingly in the log and on the run's ``rv.event``."""
         run_id = subjects.run_id_of(subject)
-        said = self._rejections.add(run_id, time.monotonic(), replayed=replayed)
+        said = self._rejections.add(run_id, time.monotonic(), replayed=replayed, kind=what)
         if said.log_count:
             log.warning("%d %s(s) rejected since the last report; the latest, on %s: %s", said.log_count, what,
                         subject, exc, extra={"run_id": run_id, "worker": self.worker_id})  # fmt: skip
@@ -304,7 +374,9 @@ class SupervisorWorker(Actor):
     async def _on_status(self, msg: Msg) -> None:
         run_id = subjects.run_id_of(msg.subject)
         try:
-            if not msg.reply or not self.owns(run_id):
+            # Answers go to inboxes only: a reply subject of the asker's choosing (`$KV.rv_runs.<run>`)
+            # would have this worker write there for someone who may not.
+            if not msg.reply or not subjects.is_inbox(msg.reply) or not self.owns(run_id):
                 return  # the owner answers; silence lets the asker fall back to rv_runs
         except ValueError:
             return
@@ -362,14 +434,16 @@ class SupervisorWorker(Actor):
         try:
             for run_id in run_ids:
                 try:
-                    data = codec.encode_json(self.engine.state(run_id))  # JSON: read by people (DESIGN §8)
+                    state = self.engine.state(run_id)
+                    data = codec.encode_json(state)  # JSON: read by people (DESIGN §8)
                 except Exception as exc:  # one run's state must never keep the others' from being written
                     if self._unwritable.due():
                         log.warning("state of run %s cannot be written to rv_runs: %s", run_id, exc,
                                     extra={"run_id": run_id, "worker": self.worker_id})  # fmt: skip
                     continue
                 subject = subjects.kv_subject(subjects.RUNS_BUCKET, run_id)
-                acks[run_id] = await self._js.publish_async(subject, data)
+                ttl = finished_ttl(state, self.keep_finished_s) if self._ttl else None
+                acks[run_id] = await self._js.publish_async(subject, data, msg_ttl=ttl)
         finally:
             done: set[asyncio.Future[PubAck]] = set()
             if acks:
@@ -384,6 +458,17 @@ class SupervisorWorker(Actor):
                 log.warning(
                     "%d run states not written to rv_runs; retrying", len(failed), extra={"worker": self.worker_id}
                 )
+
+    async def _measure_lag(self) -> None:
+        await self.measures.measure_lag(self.followers)
+
+    def snapshot(self) -> WorkerSnapshot:
+        """What this worker reports to Prometheus (see ``runvisor.actors.metrics``)."""
+        return self.measures.snapshot(
+            self.worker_id, processed=self.processed, rejected=self._rejections.by_kind, commands=self.commands_sent,
+            windows=self.engine.windows.values(), partitions=len(self.leases.owned),
+            lease_changes=self.leases.changes,
+        )  # fmt: skip
 
     async def _report(self) -> None:
         """Publish throughput on ``rv.stats.<worker>`` when it changed (operators, the bench)."""

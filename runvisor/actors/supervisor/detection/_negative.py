@@ -85,9 +85,13 @@ def negative_key(command: str, observation: str | None, failed: bool, navigation
     return digest(f"negative\x1f{word}\x1f{question}\x1f{answer}")
 
 
-def mask_places(text: str) -> str:
-    """``text`` with its places masked: paths, URLs, file and host names become ``<path>``."""
-    return _PATH.sub("<path>", text) if "/" in text or "." in text else text
+def mask_places(text: str, limit: int = _MAX_ANSWER) -> str:
+    """``text`` with its places masked (paths, URLs, file and host names become ``<path>``), in its first
+    ``limit`` characters: where a complaint names them; past that, a log or a traceback goes on unmasked."""
+    head = text[:limit]
+    if "/" not in head and "." not in head:
+        return text
+    return _PATH.sub("<path>", head) + text[limit:]
 
 
 def says_nothing(body: str) -> bool:
