@@ -14,17 +14,19 @@ NAVIGATION_TOOLS = frozenset({"cd", "ls", "pwd", "pushd", "popd", "dir", "tree",
 
 # A shell command that changes files or the environment: in-place edits, redirections into a
 # file, file operations, version control that rewrites the tree, installs. Reading commands
-# (cat, grep, ls, python x.py, pytest) change nothing an agent re-reads.
-_SHELL_CHANGE = re.compile(
-    r"(?:^|[;&|(]\s*|\s)(?:sed|perl)\s+(?:-\w+\s+)*-i|(?<![<>&0-9-])>>?\s*[\w./~\"'$]|\btee\b|"
-    r"(?:^|[;&|]\s*)(?:patch|mv|cp|rm|mkdir|touch|chmod|ln|truncate)\b|"
+# (cat, grep, ls, python x.py, pytest) change nothing an agent re-reads. Three patterns, each
+# asked only when a cheap test says it can match (this runs on most actions).
+_REDIRECT = re.compile(r"(?<![<>&0-9-])>>?\s*[\w./~\"'$]", re.ASCII)
+_IN_PLACE = re.compile(r"\b(?:sed|perl)\s+(?:-\w+\s+)*-i", re.ASCII)
+_CHANGE_COMMAND = re.compile(
+    r"(?:^|[;&|(]\s*)(?:patch|mv|cp|rm|mkdir|touch|chmod|ln|truncate|tee)\b|\|\s*tee\b|"
     r"\bgit\s+(?:apply|checkout|commit|stash|reset|restore|am|cherry-pick|merge|rebase|rm|mv|add)\b|"
     r"\b(?:pip3?|conda|npm|apt(?:-get)?|yarn|poetry|uv)\s+(?:\S+\s+)*?(?:install|uninstall|remove|add)\b|"
     r"\bsetup\.py\s+(?:install|develop|build)|"
     r"^(?:edit|create|insert|append|str_replace|undo_edit)\b",
     re.ASCII,
 )
-# Words one of which a changing command (but a redirection or ``sed -i``) holds: the regex's prefilter.
+# Words one of which such a command holds: :data:`_CHANGE_COMMAND`'s prefilter.
 _CHANGE_WORDS = frozenset(
     (
         *("tee", "patch", "mv", "cp", "rm", "mkdir", "touch", "chmod", "ln", "truncate", "git", "setup.py"),
@@ -64,10 +66,14 @@ def is_change(tool: str | None, command: str) -> bool:
         return tool is not None and _CHANGE_TOOL.match(tool) is not None
     if tool is not None and _CHANGE_TOOL.match(tool) is not None:
         return True
-    # Most commands read (cat, grep, python x.py): a set of their words decides that without a regex.
-    if ">" not in command and "-i" not in command and _CHANGE_WORDS.isdisjoint(command.split()):
-        return False
-    return _SHELL_CHANGE.search(command) is not None
+    # The command is its first line: what follows is a heredoc's body (a script, a file's text).
+    line = command[: command.find("\n")] if "\n" in command else command
+    # Most commands read (cat, grep, python x.py): substring and word-set tests decide that without a regex.
+    if ">" in line and _REDIRECT.search(line) is not None:
+        return True
+    if "-i" in line and _IN_PLACE.search(line) is not None:
+        return True
+    return not _CHANGE_WORDS.isdisjoint(line.split()) and _CHANGE_COMMAND.search(line) is not None
 
 
 def _label(tool: str | None, rendered: str) -> str:

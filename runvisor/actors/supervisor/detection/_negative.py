@@ -45,6 +45,8 @@ _NOTHING_HINTS = (
 _MAX_ANSWER = 400
 # A path: a token with a slash, or a file name with an extension (``default.sqlite3``).
 _PATH = re.compile(r"[^\s'\"`:,;()<>|]*/[^\s'\"`:,;()<>|]*|[\w.-]*\w\.[A-Za-z]\w{0,7}\b")
+_DOTTED = re.compile(r"\w\.[A-Za-z]")  # a file or host name: ``setup.py``, ``mirrors.aliyun.com``
+_PLACE = "<path>"
 _STAGE = re.compile(r"\|\|?|&&|;|\n")
 _TOKEN = re.compile(r"\"([^\"]*)\"|'([^']*)'|(\S+)")
 _NUMBER = re.compile(r"[\d.,:+-]+")
@@ -86,12 +88,17 @@ def negative_key(command: str, observation: str | None, failed: bool, navigation
 
 
 def mask_places(text: str, limit: int = _MAX_ANSWER) -> str:
-    """``text`` with its places masked (paths, URLs, file and host names become ``<path>``), in its first
-    ``limit`` characters: where a complaint names them; past that, a log or a traceback goes on unmasked."""
+    """``text`` with its places masked (words with a path, a URL, a file or host name become ``<path>``),
+    in its first ``limit`` characters: where a complaint names them; past that, a log goes on unmasked.
+
+    Word by word, in linear time: the path pattern of :func:`negative_key`, run over a long text,
+    backtracks on every long word.
+    """
     head = text[:limit]
     if "/" not in head and "." not in head:
         return text
-    return _PATH.sub("<path>", head) + text[limit:]
+    words = [_PLACE if "/" in w or ("." in w and _DOTTED.search(w)) else w for w in head.split(" ")]
+    return " ".join(words) + text[limit:]
 
 
 def says_nothing(body: str) -> bool:

@@ -51,8 +51,8 @@ class Origin(enum.IntEnum):
 
 
 # The tool or its infrastructure failing, wherever it is said: no agent input causes these.
-# Phrases are matched in lowercased text as one alternation of literals (a case-insensitive
-# regex of the same phrases costs ten times as much: this runs on every failure).
+# Phrases are looked for in lowercased text with ``in`` (C's substring search: a regex alternation
+# of the same phrases costs twice as much, a case-insensitive one twenty times; this runs on every failure).
 _INFRA_PHRASES = (
     "timed out", "time out", "timeout", "deadline exceeded", "connection refused", "connection reset",
     "connection aborted", "connection error", "connection closed", "connectionerror", "broken pipe",
@@ -63,7 +63,6 @@ _INFRA_PHRASES = (
     "invalid token", "invalid credentials", "invalid api key", "invalid api token", "permission denied",
     "access denied",
 )  # fmt: skip
-_INFRA = re.compile("|".join(map(re.escape, _INFRA_PHRASES)))
 # An HTTP status of the server failing (5xx) or refusing the rate (429), where a status is named.
 _INFRA_STATUS = re.compile(r"(?:error|status|upstream|http|code)\W{0,3}(?:\d(?:\.\d)? )?(?:5\d\d|429)\b", re.ASCII)
 # The agent's input rejected: by the shell (parse errors, unknown commands, missing paths), by a
@@ -79,7 +78,6 @@ _REJECTED_PHRASES = (
     "unknown tool", "unknown command", "unknown action", "unknown option", "unknown argument", "unknown function",
     "not a valid", "not allowed", "format_error", "\nusage:",
 )  # fmt: skip
-_REJECTED = re.compile("|".join(map(re.escape, _REJECTED_PHRASES)))
 #: What the shell or a command's own argument handling says comes first: past this, output is
 #: the command's work (a test log, a script's traceback), whose words are not about the input.
 _HEAD_CHARS = 300
@@ -101,14 +99,14 @@ def failure_origin(observation: str | None, error: str | None, *, shell: bool, m
     """
     if message:
         return Origin.AGENT
-    body = _WRAPPER.sub("", (observation or "")[: 4 * _HEAD_CHARS], count=1)
+    body = _WRAPPER.sub("", (observation or "")[: 2 * _HEAD_CHARS + 64], count=1)  # the wrapper is short
     head = body[:_HEAD_CHARS] if shell else body[: 2 * _HEAD_CHARS]
     text = f"{error or ''}\n{head}".lower()
-    if _INFRA.search(text) or _INFRA_STATUS.search(text):
+    if any(phrase in text for phrase in _INFRA_PHRASES) or _INFRA_STATUS.search(text):
         return Origin.TOOL
     if shell and body.lstrip().startswith("Traceback"):
         return Origin.RAN  # a script's exception: its words are not the shell's about the input
-    if _REJECTED.search(text):
+    if any(phrase in text for phrase in _REJECTED_PHRASES):
         return Origin.AGENT
     return Origin.RAN if shell else Origin.TOOL
 

@@ -78,13 +78,14 @@ class Engine:
         Returns:
             Zero or more verdicts: warnings, and at most one action per reason.
         """
+        kind = event.kind
         window = self.windows.get(event.run_id)
-        if window is None or (event.kind == "start" and window.finished):
+        if window is None or (kind == "start" and window.finished):
             window = RunWindow(event.run_id, event.policy or self.policy)
             self.windows[event.run_id] = window
-        elif event.kind == "start" and event.policy is not None and window.n == 0:
+        elif kind == "start" and event.policy is not None and window.n == 0:
             window.set_policy(event.policy)
-        if event.kind == "heartbeat":
+        if kind == "heartbeat":
             said = heartbeat_status(event)
             if said is not None:
                 self._agent_says(window, *said)
@@ -94,25 +95,28 @@ class Engine:
             # PAUSED heartbeat then says so again.
             self._resumed(window)
         acted = window.observe(event, now)
-        if event.kind == "final" and final_reason(event) is StopReason.AGENT_CRASHED and not window.stopped:
+        if kind == "final" and final_reason(event) is StopReason.AGENT_CRASHED and not window.stopped:
             return self._crashed(window, event, now)
         if window.finished:
             self.timers.schedule(event.run_id, None)
             return []
         policy = window.policy
-        # Findings by reason, in the order graded; a confirmed finding replaces (and moves
-        # behind) an early one of the same reason.
-        findings: dict[str, tuple[Verdict, bool]] = {}
-        # A budget is a hard figure with no early stage (slack changes nothing): asked once, when any is set.
-        if window.budgeted:
-            self._run(_BUDGET, window, policy, findings, early=False)
-        if acted:
-            run, signals = self._run, window.signals
-            for detector in self.detectors:
-                needs = detector.needs
-                if needs & signals == needs:
-                    run(detector, window, policy, findings)
-        verdicts = self._grade(window, findings.values(), now) if findings else []
+        verdicts: list[Verdict] = []
+        if acted or window.budgeted:
+            # Findings by reason, in the order graded; a confirmed finding replaces (and moves
+            # behind) an early one of the same reason.
+            findings: dict[str, tuple[Verdict, bool]] = {}
+            # A budget is a hard figure with no early stage (slack changes nothing): asked once, when any is set.
+            if window.budgeted:
+                self._run(_BUDGET, window, policy, findings, early=False)
+            if acted:
+                run, signals = self._run, window.signals
+                for detector in self.detectors:
+                    needs = detector.needs
+                    if needs & signals == needs:
+                        run(detector, window, policy, findings)
+            if findings:
+                verdicts = self._grade(window, findings.values(), now)
         self.timers.schedule(event.run_id, next_deadline(window, policy))
         return verdicts
 

@@ -67,6 +67,7 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _LETTER = re.compile(r"[^\W\d_]")
 # A number standing alone in an action (``goto 120``, ``edit 41:43``, ``sed -n 1,40p``, ``head -5``),
 # not part of a name (``test_2``, ``python3``, ``HAT030``, ``orders-7``): those name different things.
+_ACTION_HEAD = 200
 _LONE_NUMBER = re.compile(r"\d(?<![\w.]\d)(?<!\w-\d)[\d.]*", re.ASCII)
 
 #: Tokens kept for the SimHash; beyond this an observation is "the same kind of long text".
@@ -237,7 +238,9 @@ def action_digests(tool: str | None, rendered: str) -> tuple[int, int]:
             return cached
     normalized = normalize(rendered, dates=False)
     exact = digest(f"{tool or ''}\x1f{normalized}")
-    masked = _LONE_NUMBER.sub("#", normalized)
+    # Numbers are masked where an action says where it acts (``goto 120``, ``edit 41:43``, ``sed -n 1,40p``):
+    # its head. Past that (a heredoc's script) a number is content, and long texts cost no more.
+    masked = _LONE_NUMBER.sub("#", normalized[:_ACTION_HEAD]) + normalized[_ACTION_HEAD:]
     # Compared only within a short span of one run: 32 bits of CRC (a tenth of blake2b's cost) suffice.
     value = exact, zlib.crc32(f"{tool or ''}\x1f{masked}".encode("utf-8", "surrogatepass")) or 1
     if memo:
