@@ -250,12 +250,14 @@ def test_state_carries_the_counters() -> None:
     assert state.last_seq == feed.seq
 
 
-def test_a_new_start_after_a_stop_begins_a_new_window() -> None:
+def test_a_new_start_after_a_stop_leaves_the_run_stopped() -> None:
+    # It once began a new window: an agent could reset its own stopped run (issue 16).
     feed = Feed(Engine())
     for _ in range(4):
         feed.act("find_file JsonParser", "No matches found")
     feed.event("start", task="again")
-    assert feed.engine.state("run-1").status is RunStatus.RUNNING
+    state = feed.engine.state("run-1")
+    assert (state.status, state.stop_reason) == (RunStatus.STOPPED, StopReason.LOOP_DETECTED)
 
 
 def test_commands_are_reflected_in_the_state() -> None:

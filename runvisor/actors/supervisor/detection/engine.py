@@ -11,7 +11,8 @@ Grading, per run and per reason, from the run's :class:`Policy`:
   because the operator decides what happens next. When the run is resumed, the detectors
   watch afresh from there (``RunWindow.rearm``), and a reason that paused it before acts
   without a new warning and with the stronger action: a pause becomes a stop;
-* after a "stop" the run is finished for the engine: never two stops for one run;
+* after a "stop" the run is finished for the engine: never two stops for one run, and a
+  later ``start`` for it changes nothing (nor does one loosen a running run's policy);
 * a ``final`` event completes the run.
 
 The engine does no I/O and reads no clock: callers pass ``now`` (the supervisor's
@@ -80,11 +81,16 @@ class Engine:
         """
         kind = event.kind
         window = self.windows.get(event.run_id)
-        if window is None or (kind == "start" and window.finished):
+        if window is None:
             window = RunWindow(event.run_id, event.policy or self.policy)
             self.windows[event.run_id] = window
-        elif kind == "start" and event.policy is not None and window.n == 0:
-            window.set_policy(event.policy)
+        elif kind == "start":
+            # A run that has ended stays as it ended, and a run's policy is the one it started with:
+            # a later start (a retry of the agent's, or anyone's) neither reopens nor loosens it.
+            if window.finished:
+                return []
+            if event.policy is not None and window.events == 0:
+                window.set_policy(event.policy)  # the window exists for a command that came first
         if kind == "heartbeat":
             said = heartbeat_status(event)
             if said is not None:
