@@ -121,6 +121,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def in_process_section(s: dict[str, Any]) -> list[str]:
+    """Issue 13: what supervising a tool that runs in the agent's process costs, per call."""
+
+    def row(what: str, key: str, direct: str) -> str:
+        return f"| {what} | {s[key + '_ms_p50']:.2f} / {s[key + '_ms_p99']:.2f} ms | {direct} |"
+
+    direct = f"{s['local_direct_ms_p50'] * 1000:.1f} µs"
+    thread = f"`asyncio.to_thread` {s['local_direct_thread_ms_p50']:.2f} ms"
+    return [
+        "",
+        "## In-process tool calls (issue 13)",
+        "",
+        "A tool that returns at once, called directly and supervised, on the same run (`python -m bench.sdk`):",
+        "",
+        "| call, p50 / p99 | supervised | called directly (p50) |",
+        "|---|---|---|",
+        row("`@supervised_tool` async function", "local", direct),
+        row("`@supervised_tool` sync function (in a thread)", "local_sync", thread),
+        row("`async with run.tool(...)`", "local_block", direct),
+        row("8 at once (`asyncio.gather`), the batch", "local_8_parallel", f"8 x {direct}"),
+        f"| `run.llm(model=...)`, cost from genai-prices | {s['llm_priced_us']:.0f} µs | "
+        f"with `cost_usd` given {s['llm_given_cost_us']:.0f} µs |",
+        "",
+        "What a supervised call adds is two checkpoint writes, each after its step's ack (the open",
+        "intent before the body, the done intent after): four round trips to the server. Parallel",
+        "calls share checkpoint writes (one write holds every change made while it waited).",
+    ]
+
+
 def _fraction(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -266,6 +295,8 @@ def render(f: dict[str, Any], log: list[str]) -> str:
         "the recorded result in `rv_results`, and the shared breaker read in `rv_breakers`;",
         "`run.call_tool` adds the open and done checkpoints and the two step events.",
     ]
+    if "local_ms_p50" in s:
+        lines += in_process_section(s)
     if "quality" in f:
         q = f["quality"]
         d = q["delay_actions_from_onset"]

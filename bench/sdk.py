@@ -8,7 +8,10 @@ All in one run on one embedded server, so the ratios compare like with like:
   raw ``js.publish_async`` of the same bytes, and against a raw core ``nc.publish``;
 * ``run.checkpoint()`` against a raw ``kv.put`` of the same checkpoint bytes;
 * a tool call's round trip: through a ``ToolExecutor`` (request only, and the SDK's full
-  ``run.call_tool`` with its checkpoints and step events) against a raw request-reply.
+  ``run.call_tool`` with its checkpoints and step events) against a raw request-reply;
+* an in-process tool call (issue 13): the same function called directly, and supervised
+  (``@supervised_tool``, async and sync, ``async with run.tool(...)``, and 8 at once with
+  ``asyncio.gather``); and ``run.llm(model=...)``, whose cost comes from the genai-prices table.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from bench.plan import percentiles
-from runvisor.actors.agent import Run
+from runvisor.actors.agent import Run, supervised_tool
 from runvisor.actors.connection import connect
 from runvisor.actors.server import EmbeddedServer, provision
 from runvisor.actors.tools import ToolExecutor, ToolRegistry
@@ -117,12 +120,46 @@ async def measure(n: int) -> dict[str, Any]:
                     for name, values in (("raw_request", raw_rr), ("executor", executor_rr), ("call_tool", full)):
                         p50, p99 = percentiles(values)
                         result[f"{name}_ms_p50"], result[f"{name}_ms_p99"] = p50, p99
+                    result |= await _in_process(run, m)
             finally:
                 stop.set()
                 await served
                 await agent_nc.close()
                 await admin.close()
     return result
+
+
+async def _in_process(run: Run, m: int) -> dict[str, Any]:
+    """In-process tool calls, supervised and not, and an LLM step priced from the table."""
+
+    async def lookup(key: str) -> str:
+        return key
+
+    def lookup_sync(key: str) -> str:
+        return key
+
+    async def in_block(i: int) -> None:
+        async with run.tool("lookup", {"key": "k"}) as call:
+            call.result = await lookup("k")
+
+    supervised, supervised_sync = supervised_tool(lookup), supervised_tool(lookup_sync)
+    direct = await _latencies(m, lambda i: lookup("k"))
+    direct_thread = await _latencies(m, lambda i: asyncio.to_thread(lookup_sync, "k"))
+    out: dict[str, Any] = {}
+    for name, values in (
+        ("local_direct", direct),
+        ("local_direct_thread", direct_thread),
+        ("local", await _latencies(m, lambda i: supervised("k"))),
+        ("local_sync", await _latencies(m, lambda i: supervised_sync("k"))),
+        ("local_block", await _latencies(m, in_block)),
+        ("local_8_parallel", await _latencies(m // 8, lambda i: asyncio.gather(*(supervised("k") for _ in range(8))))),
+    ):
+        p50, p99 = percentiles(values)
+        out[f"{name}_ms_p50"], out[f"{name}_ms_p99"] = p50, p99
+    await run.llm(model="gpt-4o", tokens_in=1200, tokens_out=80)  # loads the table once, before timing
+    priced = await _per_call(m, lambda i: run.llm(model="gpt-4o", tokens_in=1200, tokens_out=80), run.checkpoint)
+    given = await _per_call(m, lambda i: run.llm(tokens_in=1200, tokens_out=80, cost_usd=0.004), run.checkpoint)
+    return out | {"llm_priced_us": priced, "llm_given_cost_us": given}
 
 
 async def _respond(msg: Msg) -> None:

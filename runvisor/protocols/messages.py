@@ -96,6 +96,8 @@ class StepEvent(_Wire):
     cost_usd: Cost | None = None
     progress: float | None = None
     policy: Policy | None = None
+    #: On a ``start`` event: the run that started this one as a sub-agent.
+    parent_run_id: RunId | None = None
 
 
 class Spent(_Wire):
@@ -184,7 +186,7 @@ class Counters(_Wire):
 
 
 class ProgressSignal(_Wire):
-    """"Are we closer to the goal than several steps ago?" for one run, read by operators (DESIGN §4).
+    """ "Are we closer to the goal than several steps ago?" for one run, read by operators (DESIGN §4).
 
     ``source`` is ``"agent"`` when the agent reports ``progress`` (``value`` is its best value so
     far), else ``"novelty"`` (``value`` is the share of the last ``window`` actions whose observation
@@ -219,7 +221,11 @@ class RunState(_Wire):
 
 
 class Intent(_Wire):
-    """An external action about to happen (written before the call, marked done after)."""
+    """An external action about to happen (written before the call, marked done after).
+
+    ``in_process`` marks a tool that ran in the agent's own process (``Run.tool``): no executor
+    recorded its result, so after a crash only the agent can tell whether it took effect.
+    """
 
     tool: Text
     call_id: Text
@@ -228,10 +234,17 @@ class Intent(_Wire):
     attempt: Annotated[int, Field(ge=1)] = 1
     state: Literal["open", "done"] = "open"
     opened_at: Money = Field(default_factory=time.time)
+    in_process: bool = False
 
 
 class Checkpoint(_Wire):
-    """An agent's resumable state in KV ``rv_checkpoints``."""
+    """An agent's resumable state in KV ``rv_checkpoints``.
+
+    ``intents`` are the calls in flight, several when tool calls run in parallel. ``intent`` is
+    kept for readers of the one-intent format: the last call opened that is still open, else the
+    last call made (marked done). Read what was in flight with :attr:`open_intents`, which also
+    reads checkpoints written before ``intents`` existed.
+    """
 
     run_id: RunId
     seq: Count
@@ -242,6 +255,17 @@ class Checkpoint(_Wire):
     state: dict[str, Any] = Field(default_factory=dict)
     intent: Intent | None = None
     ts: Money = Field(default_factory=time.time)
+    intents: tuple[Intent, ...] = ()
+    parent_run_id: RunId | None = None
+
+    @property
+    def open_intents(self) -> tuple[Intent, ...]:
+        """The calls in flight when this checkpoint was written, in the order they were opened."""
+        if self.intents:
+            return tuple(intent for intent in self.intents if intent.state == "open")
+        if self.intent is not None and self.intent.state == "open":
+            return (self.intent,)
+        return ()
 
 
 class ToolRequest(_Wire):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runvisor.actors.agent._limits import args_digest, clip, fits, step_args
-from runvisor.actors.agent._store import pack_state, unpack_state
+from runvisor.actors.agent._limits import args_digest, clip, fits, jsonable, step_args
+from runvisor.actors.agent._store import OPEN_ARGS_KEY, pack_state, unpack_state
 from runvisor.protocols.messages import MAX_ARGS_CHARS, MAX_OBSERVATION_CHARS, StepEvent
 
 
@@ -48,6 +48,22 @@ def test_oversized_args_become_a_preview_that_fits() -> None:
 
 def test_open_call_arguments_ride_in_the_state_and_come_back_out() -> None:
     state = {"notes": ["a"]}
-    packed = pack_state(state, {"path": "x"}, call_open=True)
-    assert unpack_state(packed) == (state, {"path": "x"})
-    assert unpack_state(pack_state(state, {"path": "x"}, call_open=False)) == (state, None)
+    packed = pack_state(state, {"c1": {"path": "x"}, "c2": None})
+    assert unpack_state(packed) == (state, {"c1": {"path": "x"}, "c2": None})
+    assert pack_state(state, {}) == state
+
+
+def test_the_one_open_call_of_an_older_checkpoint_keeps_its_arguments() -> None:
+    # Checkpoints written before parallel calls kept the one open call's arguments under their own key.
+    older = {"notes": ["a"], OPEN_ARGS_KEY: {"path": "x"}}
+    assert unpack_state(older, "c7") == ({"notes": ["a"]}, {"c7": {"path": "x"}})
+
+
+def test_jsonable_args_keep_json_and_name_the_rest() -> None:
+    class Context:
+        def __str__(self) -> str:
+            return "<ctx>"
+
+    assert jsonable({"q": "x", "n": (1, 2), "ctx": Context()}) == {"ctx": "<ctx>", "n": [1, 2], "q": "x"}
+    assert jsonable(None) is None
+    assert args_digest(jsonable({"n": (1, 2)})) == args_digest({"n": (1, 2)})

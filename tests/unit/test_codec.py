@@ -45,6 +45,10 @@ _VERDICT = Verdict(
 _INTENT = Intent(
     tool="search", call_id="c-7", args_digest="9f2c", idempotency_key="run-1:c-7", attempt=2, opened_at=1700000003.5
 )
+_LOCAL_INTENT = Intent(
+    tool="grep", call_id="c-8", args_digest="41d0", idempotency_key="run-1:c-8", opened_at=1700000003.6,
+    in_process=True,
+)  # fmt: skip
 
 #: One example of every wire model; their msgpack bytes are committed under tests/golden/.
 EXAMPLES: dict[str, BaseModel] = {
@@ -97,7 +101,8 @@ EXAMPLES: dict[str, BaseModel] = {
         seq=9,
         goal="fix the parser",
         state={"step": 3, "notes": ["a", "b"]},
-        intent=_INTENT,
+        intent=_LOCAL_INTENT,
+        intents=(_INTENT, _LOCAL_INTENT),
         ts=1700000009.0,
     ),
     "tool_request": ToolRequest(
@@ -131,6 +136,25 @@ def test_golden_fixture_decodes_to_the_same_message(name: str) -> None:
     # Given the bytes committed when the wire format was fixed, when decoded, then nothing changed.
     assert codec.decode(type(model), path.read_bytes()) == model
     assert codec.encode(model) == path.read_bytes(), f"wire encoding of {name} changed"
+
+
+def test_a_checkpoint_of_one_intent_written_before_parallel_calls_still_loads() -> None:
+    # Given the bytes committed when a checkpoint held one intent (no `intents`, no `in_process`)
+    old = codec.decode(Checkpoint, (GOLDEN / "checkpoint_v1.msgpack").read_bytes())
+    # Then its one open intent is what was in flight, and an intent of then reads as an executor call
+    assert old.intent == _INTENT
+    assert old.open_intents == (_INTENT,)
+    assert codec.decode(Intent, (GOLDEN / "intent_v1.msgpack").read_bytes()) == _INTENT
+    assert not _INTENT.in_process
+
+
+def test_open_intents_are_the_open_ones_of_either_format() -> None:
+    parallel = EXAMPLES["checkpoint"]
+    assert isinstance(parallel, Checkpoint)
+    assert parallel.open_intents == (_INTENT, _LOCAL_INTENT)
+    done = _INTENT.model_copy(update={"state": "done"})
+    assert Checkpoint(run_id="r", seq=1, intent=done).open_intents == ()
+    assert Checkpoint(run_id="r", seq=1).open_intents == ()
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))

@@ -48,15 +48,30 @@ class CommandFollower:
         self.ended: RunError | None = None
         self._changed = asyncio.Event()
         self._checkpoints = checkpoints
+        self._holding: asyncio.Future[None] | None = None  # done when the task holding the run goes on
 
     async def boundary(self) -> None:
-        """Obey the commands that arrived since the last step: end, or hold while paused."""
+        """Obey the commands that arrived since the last step: end, or hold while paused.
+
+        Several tasks of one run (parallel tool calls) may reach a boundary during one pause: the
+        first holds the run (checkpoint, heartbeats), the others wait for it, then look again.
+        """
         if self.ended is not None:
             raise self.ended
         if self.controls.terminal is not None:
             await self.end(self.controls.terminal)
-        if self.controls.pause is not None:
+        if self.controls.pause is None:
+            return
+        if self._holding is not None:
+            await asyncio.shield(self._holding)
+            await self.boundary()
+            return
+        self._holding = asyncio.get_running_loop().create_future()
+        try:
             await self._hold()
+        finally:
+            self._holding.set_result(None)
+            self._holding = None
 
     async def _hold(self) -> None:
         pause = self.controls.pause
@@ -81,7 +96,12 @@ class CommandFollower:
         log.info("run resumed", extra={"run_id": self.run_id})
 
     async def end(self, command: Command) -> NoReturn:
-        """Record a kill or stop in the checkpoint and raise it into the agent's code."""
+        """Record a kill or stop in the checkpoint and raise it into the agent's code.
+
+        Once the run has ended (another task of it got there first), raise that end again.
+        """
+        if self.ended is not None:
+            raise self.ended
         reason = end_reason(command)
         if command.cmd == "kill":
             error: RunError = RunKilled(self.run_id, command)

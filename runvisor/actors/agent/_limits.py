@@ -27,6 +27,15 @@ def args_digest(args: dict[str, Any] | None) -> str:
     return hashlib.sha256(canonical_json(args).encode()).hexdigest()
 
 
+def jsonable(args: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``args`` as JSON values, as step events and checkpoints carry them: what JSON cannot hold
+    (a framework's context object, a path) becomes its ``str``, tuples become lists."""
+    if args is None:
+        return None
+    value: dict[str, Any] = json.loads(canonical_json(args))
+    return value
+
+
 def clip(text: str | None, limit: int) -> str | None:
     """``text`` cut to at most ``limit`` characters, with a marker saying how much was cut."""
     if text is None or len(text) <= limit:

@@ -1,8 +1,10 @@
 """The ``Run`` handle an agent developer adds to an agent (DESIGN §6).
 
     async with Run.start(goal="fix the parser", policy=Policy(max_steps=200), agent="my-agent") as run:
-        await run.llm(tokens_in=1200, tokens_out=80, cost_usd=0.004)
-        result = await run.call_tool("search", {"q": "JsonParser"}, timeout=30)
+        await run.llm(model="gpt-4o", tokens_in=1200, tokens_out=80)  # cost from the price table
+        result = await run.call_tool("search", {"q": "JsonParser"}, timeout=30)  # through an executor
+        async with run.tool("grep", {"pattern": "JsonParser"}) as call:  # in this process
+            call.result = await grep("JsonParser")
         run.state["notes"] = [result.observation]
 
 Every method is a *step boundary*: it first obeys the commands that arrived (waits out a
@@ -16,13 +18,15 @@ Decisions worth knowing:
   back on start, resume and reconnect. The latest command is the run's *desired state*
   (``_commands.Controls``), so seeing one command both ways is harmless.
 - Kill interrupts at once: a pending tool call waits on its reply *or* the kill, whichever
-  comes first. Pause and stop take effect at the next boundary, so a call in flight finishes
-  and its result is recorded before the run holds or ends.
+  comes first, and an in-process call's task is cancelled. Pause and stop take effect at the
+  next boundary, so a call in flight finishes and its result is recorded before the run holds or ends.
 - Checkpoints are compare-and-set updates of the KV revision this process last wrote: if a
   second process resumes the same run, the first is fenced off with a :class:`RunError` at its
   next checkpoint instead of both acting as the run.
-- One external action at a time: a ``Checkpoint`` holds one ``Intent``, so concurrent
-  ``call_tool`` calls on one run are serialized.
+- Tool calls may run in parallel (``asyncio.gather``, a framework's parallel tool calls): a
+  ``Checkpoint`` holds every open ``Intent`` (``_actions``, ``_local``).
+- After a crash, ``open_intents`` says what was in flight. runvisor never runs an in-process
+  call again by itself: only the agent knows whether running it twice is safe.
 - An exception in the agent's own code marks the run STOPPED/AGENT_CRASHED, which (as the
   recovery hint of DESIGN §5 says) may be resumed; killed, otherwise stopped and completed
   runs may not.
@@ -31,10 +35,12 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar, Token
 from typing import Any, Self
 
 from nats.aio.client import Client
@@ -42,22 +48,23 @@ from nats.aio.subscription import Subscription
 
 from runvisor.actors.agent import _limits as limits
 from runvisor.actors.agent import _store as store
-from runvisor.actors.agent._calls import request_tool
+from runvisor.actors.agent._actions import Actions
 from runvisor.actors.agent._checkpointing import Checkpointer
 from runvisor.actors.agent._control import CommandFollower
+from runvisor.actors.agent._local import RERUN, ToolCall, in_flight, new_call
+from runvisor.actors.agent._pricing import Prices, Pricing
 from runvisor.actors.agent._steps import StepStream
 from runvisor.actors.endpoint import Endpoint
+from runvisor.actors.retry import FailureClassifier
 from runvisor.actors.runtime import Actor
 from runvisor.errors import RunError
 from runvisor.protocols import subjects
 from runvisor.protocols.conventions import final_args
 from runvisor.protocols.messages import (
-    MAX_ARGS_CHARS,
     MAX_OBSERVATION_CHARS,
     Command,
     Intent,
     Policy,
-    ToolRequest,
     ToolResult,
     check_run_id,
 )
@@ -68,14 +75,18 @@ log = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT_S = 5.0
 Clock = Callable[[], float]
 
+#: The run whose ``async with`` block the current code runs in (see ``Run.current``).
+_CURRENT: ContextVar[Run | None] = ContextVar("runvisor_current_run", default=None)
+
 
 class Run(Actor):
     """One run of an agent: publishes its steps, keeps its checkpoint, calls tools, obeys commands.
 
     Create it with :meth:`start` or :meth:`resume` and use it as ``async with``. It is built
     from parts that each own their state: a ``StepStream`` (``_steps``), a ``Checkpointer``
-    (``_checkpointing``: goal, policy, ``state`` and the call in flight) and a
-    ``CommandFollower`` (``_control``: the commands and the end they ask for).
+    (``_checkpointing``: goal, policy, ``state`` and the calls in flight), a
+    ``CommandFollower`` (``_control``: the commands and the end they ask for), ``Actions``
+    (``_actions``: tool calls) and ``Pricing`` (``_pricing``: costs from tokens).
     """
 
     role = "agent"
@@ -97,6 +108,8 @@ class Run(Actor):
         nc: Client | None = None,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         clock: Clock = time.time,
+        prices: Prices | None = None,
+        parent: Run | str | None = None,
     ) -> None:
         """Args:
         run_id: the run's id, one subject token.
@@ -108,6 +121,9 @@ class Run(Actor):
         nc: an existing connection to use instead (left open on exit).
         heartbeat_s: interval of heartbeats while a tool call is pending or the run is paused.
         clock: the wall clock stamped on events and checkpoints.
+        prices: ``{model: ($ per million input tokens, $ per million output tokens)}``, used by
+            ``llm(model=...)`` before the genai-prices table.
+        parent: the run (or its id) that starts this one as a sub-agent, named in the ``start`` event.
         """
         super().__init__(endpoint, nc=nc, name=f"runvisor-agent-{check_run_id(run_id)}")
         self.run_id = run_id
@@ -115,9 +131,15 @@ class Run(Actor):
         self.heartbeat_s = heartbeat_s
         self._resuming = resuming
         self._clock = clock
-        self._checkpoints = Checkpointer(run_id, clock, goal=limits.clip(goal, MAX_OBSERVATION_CHARS), policy=policy)
+        parent_id = check_run_id(parent.run_id if isinstance(parent, Run) else parent) if parent is not None else None
+        self._checkpoints = Checkpointer(
+            run_id, clock, goal=limits.clip(goal, MAX_OBSERVATION_CHARS), policy=policy, parent_run_id=parent_id
+        )
         self._control = CommandFollower(run_id, self._checkpoints, heartbeat_s=heartbeat_s)
-        self._call_lock = asyncio.Lock()
+        self._actions = Actions(run_id, self._checkpoints, self._control, heartbeat_s=heartbeat_s, clock=clock)
+        self._pricing = Pricing(prices)
+        self._current: Token[Run | None] | None = None
+        self._finished = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
         self._stream: StepStream | None = None  # the connection's, so made in on_start
@@ -134,11 +156,16 @@ class Run(Actor):
         nc: Client | None = None,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         clock: Clock = time.time,
+        prices: Prices | None = None,
+        parent: Run | str | None = None,
     ) -> Self:
-        """A new run, to be entered with ``async with``; ``run_id`` is a uuid4 hex when None."""
+        """A new run, to be entered with ``async with``; ``run_id`` is a uuid4 hex when None.
+
+        A sub-agent names the run that starts it with ``parent`` (see ``__init__``).
+        """
         return cls(
             run_id or uuid.uuid4().hex, goal=goal, policy=policy, agent=agent, endpoint=endpoint, nc=nc,
-            heartbeat_s=heartbeat_s, clock=clock,
+            heartbeat_s=heartbeat_s, clock=clock, prices=prices, parent=parent,
         )  # fmt: skip
 
     @classmethod
@@ -151,18 +178,34 @@ class Run(Actor):
         nc: Client | None = None,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         clock: Clock = time.time,
+        prices: Prices | None = None,
     ) -> Self:
         """An existing run continued from its checkpoint (e.g. in a new process after a crash).
 
         Entering it raises :class:`RunNotFound` without a checkpoint and
         :class:`RunNotResumable` for a killed, stopped or completed run.
         """
-        return cls(run_id, agent=agent, resuming=True, endpoint=endpoint, nc=nc, heartbeat_s=heartbeat_s, clock=clock)
+        return cls(
+            run_id, agent=agent, resuming=True, endpoint=endpoint, nc=nc, heartbeat_s=heartbeat_s, clock=clock,
+            prices=prices,
+        )  # fmt: skip
+
+    @classmethod
+    def current(cls) -> Run | None:
+        """The run whose ``async with`` block this code runs in (tasks started there too), or None
+        (also in a task that outlived its run)."""
+        run = _CURRENT.get()
+        return run if run is not None and not run._finished else None
 
     @property
     def goal(self) -> str | None:
         """The run's task (on resume, the one stored in its checkpoint)."""
         return self._checkpoints.goal
+
+    @property
+    def parent_run_id(self) -> str | None:
+        """The run that started this one as a sub-agent (on resume, the one stored in its checkpoint)."""
+        return self._checkpoints.parent_run_id
 
     @property
     def policy(self) -> Policy | None:
@@ -180,8 +223,23 @@ class Run(Actor):
 
     @property
     def open_intent(self) -> Intent | None:
-        """The call that was in flight when the run was last checkpointed, or None."""
+        """The last call opened that is still in flight, or None (all of them: ``open_intents``)."""
         return self._checkpoints.open_intent
+
+    @property
+    def open_intents(self) -> tuple[Intent, ...]:
+        """The calls in flight, in the order they were opened.
+
+        Right after ``Run.resume``: those in flight when the run's last process ended, until each
+        is retried (``retry_open_intent``), run again (``tool(..., call_id=...)``) or abandoned
+        (``abandon_open_intent``); then also the calls this process has open.
+        """
+        return self._checkpoints.open_intents
+
+    def open_args(self, call_id: str) -> dict[str, Any] | None:
+        """The arguments of the open call ``call_id`` (an ``Intent`` holds only their digest), or None."""
+        found = self._checkpoints.open_call(call_id)
+        return found[1] if found is not None else None
 
     @property
     def last_command(self) -> Command | None:
@@ -212,9 +270,18 @@ class Run(Actor):
         tokens_out: int | None = None,
         cost_usd: float | None = None,
         text: str | None = None,
+        *,
+        model: str | None = None,
     ) -> int:
-        """Report one model call and what it cost; returns the step's seq."""
+        """Report one model call and what it cost; returns the step's seq.
+
+        With ``model`` and no ``cost_usd``, the cost is computed from the tokens with the run's
+        ``prices`` or the genai-prices table (``runvisor[prices]``); it stays None for a model
+        neither knows (see ``_pricing``).
+        """
         await self._control.boundary()
+        if cost_usd is None and model is not None:
+            cost_usd = await self._pricing.cost(model, tokens_in, tokens_out)
         return await self._steps.publish(
             "llm", tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost_usd, observation=_obs(text)
         )
@@ -248,71 +315,62 @@ class Run(Actor):
         come back as a ``ToolResult`` with ``ok=False``; only the run's own end raises.
         """
         subjects.check_token(name, "tool name")
-        call_id = call_id or uuid.uuid4().hex[:16]
-        async with self._call_lock:
-            await self._control.boundary()
-            intent = Intent(
-                tool=name, call_id=call_id, args_digest=limits.args_digest(args),
-                idempotency_key=f"{self.run_id}:{call_id}", opened_at=self._clock(),
-            )  # fmt: skip
-            return await self._call(intent, args, timeout)
+        await self._control.boundary()
+        intent = self._actions.intent(name, args, call_id, in_process=False)
+        return await self._actions.via_executor(self.nc, intent, args, timeout)
 
-    async def retry_open_intent(self, timeout: float = 30.0) -> ToolResult:
-        """Re-issue the call that was in flight at the crash, with the same idempotency key,
-        so an executor that already ran it returns the recorded result instead of running it again.
+    def tool(
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        *,
+        call_id: str | None = None,
+        idempotent: bool = False,
+        classifier: FailureClassifier | None = None,
+    ) -> ToolCall:
+        """An in-process tool call, supervised as an external action: ``async with run.tool(...) as call``.
+
+        See ``_local`` for what entering and leaving the block do. Arguments are recorded as JSON
+        (what JSON cannot hold, by its ``str``).
+
+        Args:
+            name: the tool's name, as supervisors see it.
+            args: the call's arguments.
+            call_id: the call's id (a framework's tool call id); a new one when None. The id of a
+                call in flight when the run's last process ended runs that call again under the
+                same idempotency key, and only if ``idempotent``.
+            idempotent: whether running the call twice is safe.
+            classifier: finds failures hidden in the result; the executors' default rules when None.
+
+        Raises:
+            RunError: ``call_id`` is already open here, or names a call in flight at a crash that
+                is not ``idempotent`` (it may have taken effect) or had other arguments.
         """
-        async with self._call_lock:
-            intent = self._checkpoints.open_intent
-            if intent is None:
-                raise RunError(f"run {self.run_id} has no open intent to retry")
-            if limits.args_digest(self._checkpoints.open_args) != intent.args_digest:
-                raise RunError(f"run {self.run_id}: the checkpoint lost the arguments of call {intent.call_id}")
-            await self._control.boundary()
-            again = intent.model_copy(update={"attempt": intent.attempt + 1, "opened_at": self._clock()})
-            return await self._call(again, self._checkpoints.open_args, timeout)
+        return new_call(self._actions, name, args, call_id=call_id, idempotent=idempotent, classifier=classifier)
 
-    # -- tool calls --------------------------------------------------------------------
+    async def retry_open_intent(self, timeout: float = 30.0, *, call_id: str | None = None) -> ToolResult:
+        """Re-issue a call that was in flight at the crash, with the same idempotency key,
+        so an executor that already ran it returns the recorded result instead of running it again.
 
-    async def _call(self, intent: Intent, args: dict[str, Any] | None, timeout: float) -> ToolResult:
-        seq = self._steps.reserve()
-        call: dict[str, Any] = {"tool": intent.tool, "call_id": intent.call_id}
-        if not limits.fits(args):
-            # Nothing external happens, so no intent: the supervisor still sees the attempt.
-            await self._steps.publish("tool_call", seq=seq, args=limits.step_args(args), **call)
-            refused = ToolResult(
-                call_id=intent.call_id, ok=False, attempts=0, error_type="ArgsTooLarge",
-                error=f"arguments exceed {MAX_ARGS_CHARS} characters; pass a reference (a path, an id) instead",
-            )  # fmt: skip
-            await self._publish_result(intent, refused)
-            return refused
-        await self._checkpoints.open_call(intent, args)  # before the external action
-        await self._steps.publish("tool_call", seq=seq, args=args, **call)
-        request = ToolRequest(
-            run_id=self.run_id, call_id=intent.call_id, tool=intent.tool, args=args,
-            idempotency_key=intent.idempotency_key, seq=seq, timeout_s=timeout,
-        )  # fmt: skip
-        result = await request_tool(
-            self.nc, request, killed=self._control.killed, heartbeat_s=self.heartbeat_s,
-            heartbeat=lambda: self._steps.publish("heartbeat", **call),
-        )  # fmt: skip
-        if result is None:  # killed while the call was pending: do not wait for the tool
-            terminal = self._control.controls.terminal
-            assert terminal is not None  # the kill event is set only with a terminal command
-            cancelled = "Cancelled: the run was killed while the call was pending"
-            await self._steps.publish("tool_result", ok=False, error=cancelled, **call)
-            await self._control.end(terminal)
-        await self._publish_result(intent, result)
-        await self._checkpoints.close_call(intent)
-        return result
+        Args:
+            timeout: the call's timeout.
+            call_id: which call, when several were in flight.
+        """
+        intent = self._actions.inherited(call_id)
+        if intent.in_process:
+            raise RunError(f"{in_flight(intent)}, in the agent's own process: no executor holds its result. {RERUN}")
+        args = self.open_args(intent.call_id)
+        if limits.args_digest(args) != intent.args_digest:
+            raise RunError(f"run {self.run_id}: the checkpoint lost the arguments of call {intent.call_id}")
+        await self._control.boundary()
+        return await self._actions.via_executor(self.nc, self._actions.again(intent), args, timeout)
 
-    async def _publish_result(self, intent: Intent, result: ToolResult) -> None:
-        error = result.error
-        if result.error_type and not result.ok:
-            error = f"{result.error_type}: {error}" if error else result.error_type
-        await self._steps.publish(
-            "tool_result", tool=intent.tool, call_id=intent.call_id, ok=result.ok, observation=result.observation,
-            error=limits.clip(error, MAX_OBSERVATION_CHARS),
-        )  # fmt: skip
+    async def abandon_open_intent(self, call_id: str, note: str | None = None) -> None:
+        """Close a call that was in flight at the crash without running it again: its ``tool_result``
+        says it was abandoned (``ok=False``, ``note`` as the reason) and its intent is marked done."""
+        intent = self._actions.inherited(call_id)
+        await self._control.boundary()
+        await self._actions.abandon(intent, limits.clip(note, MAX_OBSERVATION_CHARS))
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -338,10 +396,14 @@ class Run(Actor):
                 await self._checkpoints.create()
             if stored is not None:
                 self._control.apply(stored, stored=True)
-            await self._steps.publish("start", seq=self.seq, task=self.goal, policy=self.policy, agent=self.agent)
+            await self._steps.publish(
+                "start", seq=self.seq, task=self.goal, policy=self.policy, agent=self.agent,
+                parent_run_id=self.parent_run_id,
+            )  # fmt: skip
         except BaseException:
             await self._sub.unsubscribe()
             raise
+        self._current = _CURRENT.set(self)
 
     async def on_stop(self) -> None:
         """The agent's code returned: the run completed, unless it was killed or stopped first."""
@@ -377,6 +439,11 @@ class Run(Actor):
         except Exception as exc:
             log.error("could not record the end of the run: %s", exc, extra={"run_id": self.run_id})
         finally:
+            self._finished = True
+            if self._current is not None:
+                with contextlib.suppress(ValueError):  # left in another context than it was entered in
+                    _CURRENT.reset(self._current)
+                self._current = None
             if self._stream is not None:
                 await self._stream.stop()
             for task in self._tasks:

@@ -22,9 +22,14 @@ from runvisor.protocols.messages import Checkpoint, Command, StepEvent
 
 log = logging.getLogger(__name__)
 
-#: Reserved key carrying an open call's arguments in the checkpoint's state, because an
-#: ``Intent`` holds only their digest and a resumed run must be able to re-issue the call.
+#: Reserved key carrying the arguments of each open call (call id -> arguments) in the checkpoint's
+#: state, because an ``Intent`` holds only their digest and a resumed run must be able to re-issue it.
+OPEN_CALLS_KEY = "__runvisor_open_calls__"
+#: The same for the one open call of checkpoints written before parallel calls (read, never written).
 OPEN_ARGS_KEY = "__runvisor_open_args__"
+
+#: The arguments of each open call, by call id.
+OpenArgs = dict[str, dict[str, Any] | None]
 
 
 class CheckpointStore:
@@ -75,16 +80,28 @@ def encode(checkpoint: Checkpoint) -> bytes:
         raise TypeError(f"run.state must hold only JSON-able values: {exc}") from exc
 
 
-def pack_state(state: dict[str, Any], open_args: dict[str, Any] | None, call_open: bool) -> dict[str, Any]:
-    """The checkpoint's state: the agent's, plus the open call's arguments while one is open."""
-    return {**state, OPEN_ARGS_KEY: open_args} if call_open else dict(state)
+def pack_state(state: dict[str, Any], open_args: OpenArgs) -> dict[str, Any]:
+    """The checkpoint's state: the agent's, plus the open calls' arguments while any is open."""
+    return {**state, OPEN_CALLS_KEY: dict(open_args)} if open_args else dict(state)
 
 
-def unpack_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The agent's state and the open call's arguments, from a checkpoint's state."""
+def unpack_state(state: dict[str, Any], legacy_call_id: str | None = None) -> tuple[dict[str, Any], OpenArgs]:
+    """The agent's state and the open calls' arguments, from a checkpoint's state.
+
+    Args:
+        state: the checkpoint's state.
+        legacy_call_id: the call id of a one-intent checkpoint's open ``intent``, whose arguments
+            are under ``OPEN_ARGS_KEY``.
+    """
     own = dict(state)
-    args = own.pop(OPEN_ARGS_KEY, None)
-    return own, args if isinstance(args, dict) else None
+    calls = own.pop(OPEN_CALLS_KEY, None)
+    legacy = own.pop(OPEN_ARGS_KEY, None)
+    args: OpenArgs = {}
+    if isinstance(calls, dict):
+        args = {str(call_id): value if isinstance(value, dict) else None for call_id, value in calls.items()}
+    if legacy_call_id is not None and legacy_call_id not in args:
+        args[legacy_call_id] = legacy if isinstance(legacy, dict) else None
+    return own, args
 
 
 async def last_command(js: JetStreamContext, run_id: str) -> Command | None:

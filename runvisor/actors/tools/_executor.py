@@ -223,6 +223,11 @@ class ToolExecutor(Actor):
     async def _reply(self, msg: Msg, result: ToolResult) -> None:
         if not msg.reply:
             return  # a plain publish, not a request: nobody is waiting
+        if not subjects.is_inbox(msg.reply):
+            # A caller naming a subject of its own choosing as the reply (`$KV...`, `rv.step...`)
+            # would have this executor write there for it: answers go to inboxes only.
+            log.warning("not answering call %s on %r: not an inbox", result.call_id, msg.reply)
+            return
         try:
             await self.nc.publish(msg.reply, codec.encode(result), headers=codec.MSGPACK_HEADERS)
         except nats.errors.Error as exc:
