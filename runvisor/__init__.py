@@ -10,7 +10,7 @@ modules are internal unless a name is re-exported here.
         await run.llm(tokens_in=1200, tokens_out=80, cost_usd=0.004)
 """
 
-from runvisor.actors.agent import Run
+from runvisor.actors.agent import Run, supervised_tool
 from runvisor.actors.retry.policy import BackoffPolicy, BreakerPolicy, BudgetPolicy, ToolPolicy
 from runvisor.actors.tools import ToolExecutor, ToolRegistry
 from runvisor.errors import (
@@ -19,6 +19,7 @@ from runvisor.errors import (
     DecodeError,
     EndpointError,
     NotProvisionedError,
+    PermissionDenied,
     RateLimited,
     RunError,
     RunKilled,
@@ -43,6 +44,7 @@ __all__ = [
     "DecodeError",
     "EndpointError",
     "NotProvisionedError",
+    "PermissionDenied",
     "Policy",
     "RateLimited",
     "Run",
@@ -62,4 +64,5 @@ __all__ = [
     "ToolRegistry",
     "TransientError",
     "Verdict",
+    "supervised_tool",
 ]

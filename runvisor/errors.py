@@ -7,6 +7,7 @@ Each message says what happened and what to do. Catch :class:`RunvisorError` for
     ├── DecodeError           bytes that are not a valid message (also a ValueError)
     ├── ConnectError          NATS could not be reached, or refused the login
     │   └── EndpointError     no server found, or its credentials are missing
+    ├── PermissionDenied      the server refused this role an operation (README "Security")
     ├── ServerError           the embedded server could not be started or stopped
     │   └── NotProvisionedError   the streams and buckets are missing: run `runvisor up`
     ├── RunError              raised into the agent's code by its run
@@ -53,6 +54,14 @@ class ConnectStoppedError(ConnectError):
 
 class EndpointError(ConnectError):
     """No server could be found, or its credentials are missing; the message says what to do."""
+
+
+class PermissionDenied(RunvisorError):  # noqa: N818 - named for what the server said, like RunKilled
+    """The server refused this role a publish or subscription; the message names the user and subject.
+
+    Raised at the call that was refused (a request, a JetStream or KV call, a subscription), instead
+    of the timeout or the silence nats-py alone would give.
+    """
 
 
 class ServerError(RunvisorError):
@@ -136,6 +145,7 @@ __all__ = [
     "DecodeError",
     "EndpointError",
     "NotProvisionedError",
+    "PermissionDenied",
     "RateLimited",
     "RunError",
     "RunKilled",

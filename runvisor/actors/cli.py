@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn, TypeVar
 
 from runvisor.actors.connection import ONE_SHOT_CONNECT_S, connect
-from runvisor.actors.endpoint import Endpoint, default_home
+from runvisor.actors.endpoint import CREDENTIALS_FILE, Endpoint, default_home
 from runvisor.actors.metrics import Metrics, MetricsServer, parse_address
 from runvisor.actors.operator import _cli as operator_cli
 from runvisor.actors.operator._cli import CliError, emit

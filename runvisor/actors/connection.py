@@ -14,8 +14,9 @@ nats-py alone handles a server it cannot reach badly for a production process:
 :func:`connect` keeps nats-py's reconnection machinery and adds the rest: trying ends when
 ``stop`` is set or after ``give_up_after_s``, a refused login ends it at once, and failures to
 reach the server (losing it, and each failed attempt at the first connection or at reconnecting)
-are one log line, then one every ``NOISE_EVERY_S`` while they last. Other errors (a permission violation) go to the
-caller's ``error_cb``.
+are one log line, then one every ``NOISE_EVERY_S`` while they last. Other errors go to the
+caller's ``error_cb``; a permission violation also fails the call that caused it, with
+``PermissionDenied`` (see ``_guarded.GuardedClient``), instead of a timeout or silence.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.errors import ConnectionClosedError, StaleConnectionError, UnexpectedEOF
 
+from runvisor.actors._guarded import GuardedClient
 from runvisor.actors.endpoint import Endpoint
 from runvisor.errors import ConnectError, ConnectStoppedError
 
@@ -137,7 +139,7 @@ async def connect(
         ConnectError: the server refused the login, or could not be reached in time.
         ConnectStoppedError: ``stop`` was set first.
     """
-    nc = Client()
+    nc = GuardedClient(endpoint.user or "anonymous")
     unreachable = _Unreachable(endpoint.url, name)
     refused = asyncio.Event()
     refusals: list[Exception] = []
@@ -146,6 +148,7 @@ async def connect(
     async def on_error(exc: Exception) -> None:
         refused_login = is_refused_login(exc)
         if nc.is_connected and not refused_login and not is_connection_loss(exc):
+            nc.refused(exc)  # a permission violation: the call it belongs to raises PermissionDenied
             if error_cb is not None:
                 await error_cb(exc)
             else:

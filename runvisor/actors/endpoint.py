@@ -3,11 +3,15 @@
 Two sources, in this order:
 
 1. ``NATS_URL`` set: an existing deployment. The role's password comes from
-   ``RV_<ROLE>_PASSWORD`` (or ``NATS_USER``/``NATS_PASSWORD`` for every role, or
-   ``NATS_CREDS`` for a creds file); nothing is started.
+   ``RV_<ROLE>_PASSWORD``, its user from ``RV_<ROLE>_USER`` (default: the role's name; a
+   deployment with several tenants names each tenant's users apart), or ``NATS_USER``/
+   ``NATS_PASSWORD`` for every role, or ``NATS_CREDS`` for a creds file; nothing is started.
 2. Otherwise the embedded server that ``runvisor up`` started: its URL and the generated
    role passwords are read from the data directory (``$RUNVISOR_HOME``, default
    ``~/.runvisor``), where ``runvisor.actors.server`` wrote them with mode 0600.
+
+Either way a role's connection takes its replies on its own inbox prefix (``_INBOX_<role>``),
+the only one its user may subscribe to (``roles.conf``): no role reads another's replies.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runvisor.errors import EndpointError
+from runvisor.protocols.subjects import inbox_prefix
 
 Role = Literal["agent", "tool", "supervisor", "operator", "admin"]
 ROLES: tuple[Role, ...] = ("agent", "tool", "supervisor", "operator", "admin")
@@ -36,14 +41,20 @@ def password_env(role: Role) -> str:
     return f"RV_{role.upper()}_PASSWORD"
 
 
+def user_env(role: Role) -> str:
+    return f"RV_{role.upper()}_USER"
+
+
 @dataclass(frozen=True)
 class Endpoint:
-    """How one role connects: URL plus user and password (or a creds file)."""
+    """How one role connects: URL plus user and password (or a creds file), and its inbox prefix."""
 
     url: str
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     creds_file: str | None = None
+    #: Where the connection takes its replies (``_INBOX_<role>``); None: nats-py's ``_INBOX``.
+    inbox_prefix: str | None = None
 
     def connect_options(self) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect``."""
@@ -53,19 +64,24 @@ class Endpoint:
         elif self.user:
             options["user"] = self.user
             options["password"] = self.password
+        if self.inbox_prefix:
+            options["inbox_prefix"] = self.inbox_prefix
         return options
 
     @classmethod
     def discover(cls, role: Role, home: Path | None = None) -> Endpoint:
         """The endpoint for ``role`` from the environment or the embedded server's data dir."""
         url = os.environ.get("NATS_URL")
+        inbox = inbox_prefix(role)
         if url:
             if creds := os.environ.get("NATS_CREDS"):
-                return cls(url=url, creds_file=creds)
+                return cls(url=url, creds_file=creds, inbox_prefix=inbox)
             role_pw = os.environ.get(password_env(role))
             if role_pw:
-                return cls(url=url, user=role, password=role_pw)
-            return cls(url=url, user=os.environ.get("NATS_USER"), password=os.environ.get("NATS_PASSWORD"))
+                user = os.environ.get(user_env(role)) or role
+                return cls(url=url, user=user, password=role_pw, inbox_prefix=inbox)
+            shared_user, shared_password = os.environ.get("NATS_USER"), os.environ.get("NATS_PASSWORD")
+            return cls(url=url, user=shared_user, password=shared_password, inbox_prefix=inbox)
         home = home or default_home()
         server_file = home / SERVER_FILE
         if not server_file.exists():
@@ -74,7 +90,7 @@ class Endpoint:
                 "or set NATS_URL (and RV_<ROLE>_PASSWORD or NATS_USER/NATS_PASSWORD) for an existing one."
             )
         url = json.loads(server_file.read_text())["url"]
-        return cls(url=url, user=role, password=Credentials.load_or_create(home).passwords[role])
+        return Credentials.load_or_create(home).endpoint(url, role)
 
 
 def _new_password() -> str:
@@ -114,4 +130,4 @@ class Credentials:
         return {password_env(role): pw for role, pw in self.passwords.items()}
 
     def endpoint(self, url: str, role: Role) -> Endpoint:
-        return Endpoint(url=url, user=role, password=self.passwords[role])
+        return Endpoint(url=url, user=role, password=self.passwords[role], inbox_prefix=inbox_prefix(role))

@@ -30,6 +30,7 @@ PUBLIC_API = """
 from runvisor import ConnectError, Policy, Run, RunKilled, RunStopped, RunvisorError, StopReason, ToolRegistry
 from runvisor.actors.server import CONF_PATH
 assert CONF_PATH.is_file(), CONF_PATH
+assert (CONF_PATH.parent / "roles.conf").is_file(), "nats.conf includes roles.conf"
 assert "site-packages" in str(CONF_PATH), CONF_PATH
 print("ok", Run.__module__, CONF_PATH.name)
 """

@@ -27,7 +27,24 @@ def test_nats_url_wins_and_uses_the_role_password(monkeypatch: pytest.MonkeyPatc
         "servers": ["nats://nats.internal:4222"],
         "user": "supervisor",
         "password": "s3cret",
+        "inbox_prefix": "_INBOX_supervisor",
     }
+
+
+def test_a_tenants_user_is_named_per_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One NATS account per tenant, and user names are unique across accounts: team-a-agent, ...
+    monkeypatch.setenv("NATS_URL", "nats://nats.internal:4222")
+    monkeypatch.setenv("RV_AGENT_USER", "team-a-agent")
+    monkeypatch.setenv("RV_AGENT_PASSWORD", "s3cret")
+    endpoint = Endpoint.discover("agent")
+    assert (endpoint.user, endpoint.inbox_prefix) == ("team-a-agent", "_INBOX_agent")
+
+
+def test_each_role_takes_its_replies_on_its_own_inbox_prefix(tmp_path: Path) -> None:
+    # roles.conf lets each role subscribe only to _INBOX_<role>.>: nobody reads another role's replies.
+    credentials = Credentials.load_or_create(tmp_path)
+    for role in ROLES:
+        assert credentials.endpoint("nats://x", role).connect_options()["inbox_prefix"] == f"_INBOX_{role}"
 
 
 def test_nats_creds_file(monkeypatch: pytest.MonkeyPatch) -> None:

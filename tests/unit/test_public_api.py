@@ -10,6 +10,7 @@ import runvisor.errors
 PUBLIC = {
     # the agent side
     "Run",
+    "supervised_tool",
     "Policy",
     "RunStatus",
     "StopReason",
@@ -32,6 +33,7 @@ PUBLIC = {
     "DecodeError",
     "EndpointError",
     "NotProvisionedError",
+    "PermissionDenied",
     "RateLimited",
     "RunError",
     "RunKilled",

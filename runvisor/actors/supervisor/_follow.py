@@ -197,6 +197,11 @@ class Followers:
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 5.0)
         try:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Cancelled while a request was being answered: Python 3.11's wait_for can return the
+                # answer and lose the cancellation (bpo-42130); waiting here would then never end.
+                raise asyncio.CancelledError
             await asyncio.Future()  # until stop() cancels this task
         finally:
             if self._subs.get(partition) is sub:

@@ -250,8 +250,11 @@ class SupervisorWorker(Actor):
             self.first_at = now
         if event.seq > 1 and event.kind != "start" and event.run_id not in self.engine.windows:
             await self._recall(partition, event.run_id, now)
-        if event.kind == "start" and await self._start_refused(partition, msg, event, now, stored_at is not None):
-            return
+        if event.kind == "start":
+            screened = await self._screen_start(partition, msg, event, now, replayed=stored_at is not None)
+            if screened is None:
+                return
+            event = screened
         # History is seen when it happened: a run already silent before a takeover is not
         # given a fresh stall timeout by being replayed.
         verdicts = self.engine.observe(event, now if stored_at is None else min(now, stored_at))
@@ -261,28 +264,32 @@ class SupervisorWorker(Actor):
                 await self.decisions.decide(verdict, stored_at)
             self._dirty.add(event.run_id)  # a stored command may have been applied meanwhile
 
-    async def _start_refused(self, partition: int, msg: Msg, event: StepEvent, now: float, replayed: bool) -> bool:
-        """Whether a ``start`` is refused: one for a run that has ended (stopped or completed) would
-        have it judged afresh, under a policy of the sender's choosing. It is said on ``rv.event.<run>``
-        and the run stays as it ended. A run not in memory with earlier steps in ``RV_STEPS`` is
-        recalled first, so a live one keeps the policy of its first start (the engine takes a
-        start's policy only before the run's first step)."""
+    async def _screen_start(
+        self, partition: int, msg: Msg, event: StepEvent, now: float, *, replayed: bool
+    ) -> StepEvent | None:
+        """A ``start`` for a run already known: refused (None) if the run has ended, for it would be
+        judged afresh; else judged without its policy, so that no later start loosens the policy of
+        the first (README "Security"). A run not in memory with earlier steps in ``RV_STEPS`` is
+        recalled first. A refusal is said on ``rv.event.<run>``; the run stays as it ended."""
         run_id = event.run_id
         if run_id not in self.engine.windows:
             try:
                 seen_before = await stored_before(self.nc, partition, run_id, msg.metadata.sequence.stream)
             except Exception as exc:  # judged as a new run, as before this check
-                log.warning("no look for earlier steps: %s", exc, extra={"run_id": run_id, "worker": self.worker_id})
+                log.warning("earlier steps not looked for: %s", exc, extra={"run_id": run_id, "worker": self.worker_id})
                 seen_before = False
             if seen_before:
                 await self._recall(partition, run_id, now)
-        state = self.engine.state(run_id) if run_id in self.engine.windows else None
-        if state is None or state.status not in ENDED:
-            return False
-        reason = f", {state.stop_reason.value}" if state.stop_reason else ""
-        why = f"run {run_id} has ended ({state.status.value}{reason}); a new run needs a new id"
-        await self._rejected("start", msg.subject, ConfigError(why), replayed=replayed)
-        return True
+        window = self.engine.windows.get(run_id)
+        if window is None or not (window.events or window.last_seq):
+            return event  # the run's first start (a window may hold only a command): its policy stands
+        state = self.engine.state(run_id)
+        if state.status in ENDED:
+            reason = f", {state.stop_reason.value}" if state.stop_reason else ""
+            why = f"run {run_id} has ended ({state.status.value}{reason}); a new run needs a new id"
+            await self._rejected("start", msg.subject, ConfigError(why), replayed=replayed)
+            return None
+        return event if event.policy is None else event.model_copy(update={"policy": None})
 
     async def _recall(self, partition: int, run_id: str, now: float) -> None:
         """Before judging a run first seen mid-way, recall its policy from its ``start`` event in
