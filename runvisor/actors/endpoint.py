@@ -58,7 +58,9 @@ class Endpoint:
 
     def connect_options(self) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect``."""
-        options: dict[str, Any] = {"servers": [self.url]}
+        # ``nats://a:4222,nats://b:4222`` (the nats CLI's form) is a cluster's seed list: any node will do.
+        servers = [url.strip() for url in self.url.split(",") if url.strip()]
+        options: dict[str, Any] = {"servers": servers}
         if self.creds_file:
             options["user_credentials"] = self.creds_file
         elif self.user:

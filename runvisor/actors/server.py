@@ -358,20 +358,34 @@ async def provision(
     nc: Client,
     partitions: int = subjects.DEFAULT_PARTITIONS,
     lease_ttl_s: float = subjects.DEFAULT_LEASE_TTL_S,
+    replicas: int | None = None,
 ) -> dict[str, str]:
-    """Create or update every stream and bucket; returns what happened to each, by name."""
+    """Create or update every stream and bucket; returns what happened to each, by name.
+
+    ``replicas``: how many servers of a cluster keep each stream and bucket (3 on a three-node
+    cluster, examples/cluster). None: created with one replica, and an existing one's count left
+    as it is; a number: created with it, and an existing one changed to it.
+    """
     js = nc.jetstream()
     report: dict[str, str] = {}
+    stream_fields = _STREAM_FIELDS if replicas is None else (*_STREAM_FIELDS, "num_replicas")
+    kv_fields = _KV_FIELDS if replicas is None else (*_KV_FIELDS, "num_replicas")
     for stream in (subjects.steps_stream_config(partitions), subjects.control_stream_config()):
         assert stream.name is not None
-        report[stream.name] = await _ensure_stream(js, stream, _STREAM_FIELDS)
-    for kv in subjects.bucket_configs(lease_ttl_s):
+        if replicas is not None:
+            stream.num_replicas = replicas  # a fresh config each call
+        report[stream.name] = await _ensure_stream(js, stream, stream_fields)
+    for bucket in subjects.bucket_configs(lease_ttl_s):
+        kv = bucket if replicas is None else dataclasses.replace(bucket, replicas=replicas)
+        want = kv_stream_config(kv)
+        if replicas is not None:
+            want.num_replicas = replicas
         try:
             await js.stream_info(f"KV_{kv.bucket}")
         except NotFoundError:
             await js.create_key_value(dataclasses.replace(kv, direct=True))
-            await _ensure_stream(js, kv_stream_config(kv), _KV_FIELDS)  # what nats-py's layout leaves open
+            await _ensure_stream(js, want, kv_fields)  # what nats-py's layout leaves open
             report[kv.bucket] = "created"
             continue
-        report[kv.bucket] = await _ensure_stream(js, kv_stream_config(kv), _KV_FIELDS)
+        report[kv.bucket] = await _ensure_stream(js, want, kv_fields)
     return report

@@ -31,6 +31,17 @@ def test_nats_url_wins_and_uses_the_role_password(monkeypatch: pytest.MonkeyPatc
     }
 
 
+def test_a_comma_separated_nats_url_is_a_cluster_seed_list(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # nats-py refused "nats://a,nats://b" ("invalid connect url option"), the form the nats CLI takes.
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:4222, nats://127.0.0.1:4223,nats://127.0.0.1:4224")
+    endpoint = Endpoint.discover("agent", home=tmp_path)
+    assert endpoint.connect_options()["servers"] == [
+        "nats://127.0.0.1:4222",
+        "nats://127.0.0.1:4223",
+        "nats://127.0.0.1:4224",
+    ]
+
+
 def test_a_tenants_user_is_named_per_role(monkeypatch: pytest.MonkeyPatch) -> None:
     # One NATS account per tenant, and user names are unique across accounts: team-a-agent, ...
     monkeypatch.setenv("NATS_URL", "nats://nats.internal:4222")
