@@ -331,6 +331,33 @@ async def test_a_lease_taken_over_before_it_is_given_back_is_no_crash(fresh_admi
             await kv.get(subjects.lease_key(partition))
 
 
+async def test_a_renewal_whose_reply_was_lost_keeps_the_lease(fresh_admin: Client) -> None:
+    # Found by the cluster test: a renewal written but not acknowledged (a failover) left the revision
+    # held one behind, the next compare-and-set failed, and the worker dropped every partition it held.
+    js = fresh_admin.jetstream()
+    kv = await js.key_value(subjects.LEASES_BUCKET)
+    lost: list[int] = []
+
+    async def on_gain(partition: int) -> None:
+        del partition
+
+    async def on_lose(partition: int) -> None:
+        lost.append(partition)
+
+    leases = Leases(js, kv, "w-lost-reply", partitions=2, ttl_s=30, on_gain=on_gain, on_lose=on_lose)
+    await leases.round()
+    assert leases.owned == [0, 1]
+    # The write of a renewal lands, its reply does not: the key moves on, the worker's revision does not.
+    await kv.put(subjects.lease_key(0), b"w-lost-reply")
+    await kv.put(subjects.lease_key(1), b"w-other")  # while partition 1 really was taken over
+    await leases.round()
+    assert leases.owned == [0], "the lease still naming this worker is kept; the one taken over is not"
+    assert lost == [1]
+    assert (await kv.get(subjects.lease_key(0))).value == b"w-lost-reply"
+    await leases.round()  # and it renews normally from there
+    assert leases.owned == [0]
+
+
 async def test_one_runs_poison_numbers_never_block_other_runs_states(
     fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str
 ) -> None:

@@ -133,7 +133,7 @@ class Leases:
         try:
             revision = await self.kv.update(subjects.lease_key(partition), self._value, last=held.revision)
         except KeyWrongLastSequenceError:
-            if self._held.get(partition) is held:
+            if self._held.get(partition) is held and not await self._still_ours(partition, held, started):
                 log.warning("lease lost to another worker", extra={"partition": partition, "worker": self.worker_id})
                 await self._drop(partition)
         except Exception as exc:
@@ -144,6 +144,25 @@ class Leases:
         else:
             held.revision = revision
             held.renewed_at = started
+
+    async def _still_ours(self, partition: int, held: _Held, started: float) -> bool:
+        """After a failed compare-and-set: whether the lease still names this worker, renewing it if so.
+
+        A renewal whose write landed but whose reply was lost (a failover, a slow server) leaves the
+        revision held one behind; the lease is still this worker's, and dropping it would hand every
+        partition round for nothing. Its value names its owner, so reading it settles the question.
+        """
+        key = subjects.lease_key(partition)
+        try:
+            entry = await self.kv.get(key)
+            if entry.value != self._value:
+                return False
+            revision = await self.kv.update(key, self._value, last=entry.revision)
+        except Exception:  # gone, taken meanwhile, or unreachable: lost, as the caller says
+            return False
+        held.revision = revision
+        held.renewed_at = started
+        return True
 
     async def _acquire(self, target: int) -> None:
         """Take free partitions up to ``target``, trying as many at once as are missing.
