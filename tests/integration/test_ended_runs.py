@@ -7,19 +7,18 @@ start carried (its own thresholds, its own ``loop_action``): an agent could rese
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
+from test_supervisor import watch
 
 from runvisor.actors.server import EmbeddedServer
 from runvisor.actors.streams.runs import stored_state
 from runvisor.actors.supervisor.worker import SupervisorWorker
 from runvisor.protocols import codec, subjects
-from runvisor.protocols.messages import Command, RunState, StepEvent
+from runvisor.protocols.messages import RunState, StepEvent
 from runvisor.protocols.policy import Policy
 from runvisor.protocols.reasons import RunStatus, StopReason
 from runvisor.testing import eventually
@@ -28,31 +27,6 @@ pytestmark = pytest.mark.integration
 
 TIGHT = Policy(max_cost_usd=1.0, warn_first=False)
 LOOSE = Policy(max_cost_usd=1000.0, warn_first=False)
-
-
-class Seen:
-    """What arrives on a run's control and event subjects."""
-
-    def __init__(self) -> None:
-        self.commands: list[Command] = []
-        self.events: list[dict[str, object]] = []
-
-    async def on_ctl(self, msg: Msg) -> None:
-        self.commands.append(codec.decode_command(msg.data))
-
-    async def on_event(self, msg: Msg) -> None:
-        self.events.append(json.loads(msg.data))
-
-    def errors(self) -> list[str]:
-        return [str(e["error"]) for e in self.events if "error" in e]
-
-
-async def watch(nc: Client, run_id: str) -> Seen:
-    seen = Seen()
-    await nc.subscribe(subjects.ctl(run_id), cb=seen.on_ctl)
-    await nc.subscribe(subjects.event(run_id), cb=seen.on_event)
-    await nc.flush()
-    return seen
 
 
 async def send(nc: Client, *events: StepEvent) -> None:

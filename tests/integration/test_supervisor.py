@@ -79,6 +79,10 @@ class Watch:
     def stops(self) -> list[Command]:
         return [c for c in self.commands if c.cmd == "stop"]
 
+    def errors(self) -> list[str]:
+        """The rejections reported on ``rv.event`` (JSON with an ``error``), as their messages."""
+        return [str(e["error"]) for e in self.events if "error" in e]
+
 
 @contextlib.asynccontextmanager
 async def running_worker(
