@@ -227,29 +227,34 @@ class RunWindow:
         )  # else no budget can be exceeded: the engine skips the check
         size = policy.window
         self.size = size
-        # Whole-window rings, indexed by action number modulo ``size``.
-        self.obs = _ring.new_ring(size)
-        self.pair = _ring.new_ring(size)
-        self.err = _ring.new_ring(size)  # the failure's normalized error, empty for a success
+        self._new_evidence(policy)
         # Seqs as their low 32 bits: :meth:`seqs` restores them from ``last_seq`` (a window
         # never spans 2**31 seqs), which halves the largest ring.
         self.seq = array("I", bytes(4 * size))
-        self.flags = bytearray(size)
         # The tokens and micro-dollars spent before each action, as pairs of their low 32 bits: what
         # a pattern cost since its onset is a difference, exact modulo 2**32 (4 billion tokens,
         # $4,294). One pair more than the window: the end of the latest action starts the next one.
         self.spend = array("I", bytes(8 * (size + 1)))
+        period = policy.cycle_max_period
+        # The last ``period`` action labels, cut to what cycle evidence shows, as one string of
+        # fixed-width slots padded with newlines (never in a label): one object, not ``period``.
+        self.labels = _PAD * (_LABEL_WIDTH * period)
+        self.label = ""  # the latest action's label, whole
+
+    def _new_evidence(self, policy: Policy) -> None:
+        """Empty rings of loop and progress evidence, sized by ``policy`` (see :meth:`rearm`)."""
+        size = policy.window
+        # Whole-window rings, indexed by action number modulo ``size``.
+        self.obs = _ring.new_ring(size)
+        self.pair = _ring.new_ring(size)
+        self.err = _ring.new_ring(size)  # the failure's normalized error, empty for a success
+        self.flags = bytearray(size)
         # Short rings, indexed by action number modulo their own length: only the
         # near-duplicate detector reads these, over its short span.
         self.loose = array("Q", bytes(8 * min(size, 2 * policy.near_dup_threshold)))
         self.sim = array("Q", bytes(8 * len(self.loose)))
         # Fingerprints of negative answers (see ``_negative``), 0 for any other answer.
         self.neg = array("Q", bytes(8 * min(size, 2 * policy.fruitless_search_threshold)))
-        period = policy.cycle_max_period
-        # The last ``period`` action labels, cut to what cycle evidence shows, as one string of
-        # fixed-width slots padded with newlines (never in a label): one object, not ``period``.
-        self.labels = _PAD * (_LABEL_WIDTH * period)
-        self.label = ""  # the latest action's label, whole
 
     # ------------------------------------------------------------------ updates
 
@@ -606,14 +611,7 @@ class RunWindow:
         The loop and progress evidence is cleared (a pattern must build up again from this action
         on); counters, budgets and what the engine decided stay.
         """
-        size = self.size
-        self.obs = _ring.new_ring(size)
-        self.pair = _ring.new_ring(size)
-        self.err = _ring.new_ring(size)
-        self.flags = bytearray(size)
-        self.loose = array("Q", bytes(8 * len(self.loose)))
-        self.sim = array("Q", bytes(8 * len(self.sim)))
-        self.neg = array("Q", bytes(8 * len(self.neg)))
+        self._new_evidence(self.policy)
         self.streak = self.pair_count = self.consecutive_failures = self.signals = 0
         self.runs = _NO_RUNS
         self.last_novel_at = self.best_progress_at = self.n
