@@ -301,6 +301,15 @@ class Run(Actor):
         await self._control.boundary()
         return await self._steps.publish("heartbeat")
 
+    async def obey(self) -> None:
+        """Obey the commands that arrived, without reporting a step: hold here while the run is
+        paused, raise :class:`RunKilled` or :class:`RunStopped` once it has ended.
+
+        Every reporting call does this first; a framework adapter calls it where the framework is
+        about to act (a model request, a tool call) before it has anything to report.
+        """
+        await self._control.boundary()
+
     async def checkpoint(self) -> None:
         """Save ``run.state`` now (it is also saved before every tool call)."""
         await self._control.boundary()
