@@ -18,7 +18,7 @@ from runvisor.actors.connection import connect
 from runvisor.actors.retry import BackoffPolicy, BreakerPolicy, BreakerState, BreakerStatus, BudgetPolicy, ToolPolicy
 from runvisor.actors.server import EmbeddedServer
 from runvisor.actors.tools import ToolExecutor, ToolRegistry, kv_key
-from runvisor.actors.tools._kv import Claim, ResultStore
+from runvisor.actors.tools._kv import Abandoned, Claim, ResultStore
 from runvisor.errors import TransientError
 from runvisor.protocols import codec, subjects
 from runvisor.protocols.messages import StepEvent, ToolRequest, ToolResult
@@ -402,5 +402,31 @@ async def test_claim_abandoned_by_a_dead_executor_is_taken_over_after_its_lease(
         replay = await dead.begin(f"{run_id}-k", lease_s=10, wait_s=0)
         assert isinstance(replay, ToolResult)
         assert replay.observation == "done"
+    finally:
+        await nc.close()
+
+
+async def test_claim_abandoned_by_a_dead_executor_is_never_taken_for_a_tool_not_safe_to_repeat(
+    server: EmbeddedServer, run_id: str
+) -> None:
+    nc = await connect(server.endpoint("tool"), "t-tool")
+    try:
+        kv = await nc.jetstream().key_value(subjects.RESULTS_BUCKET)
+        wall, sleeps = Wall(), Sleeps()
+        dead = ResultStore(kv, owner="dead", wall=wall, clock=lambda: 0.0, sleep=sleeps)
+        alive = ResultStore(kv, owner="alive", wall=wall, clock=lambda: 0.0, sleep=sleeps)
+        # Given: an executor claimed the key of a charge, then died without recording a result,
+        assert isinstance(await dead.begin(f"{run_id}-k", lease_s=10, wait_s=0), Claim)
+        wall.now += 10.0
+        # when its claim has expired, a tool that must not run twice does not take it over:
+        abandoned = await alive.begin(f"{run_id}-k", lease_s=10, wait_s=0, take_abandoned=False)
+        assert isinstance(abandoned, Abandoned)
+        assert abandoned.owner == "dead"
+        # the word recorded instead is final, for every later request under that key.
+        in_doubt = ToolResult(call_id="c2", ok=False, error="in doubt", error_type="InDoubt")
+        await alive.settle(abandoned, in_doubt)
+        again = await alive.begin(f"{run_id}-k", lease_s=10, wait_s=0, take_abandoned=True)
+        assert isinstance(again, ToolResult)
+        assert again.error_type == "InDoubt"
     finally:
         await nc.close()

@@ -63,7 +63,7 @@ from runvisor.actors.retry import (
 )
 from runvisor.actors.runtime import Actor
 from runvisor.actors.tools._attempt import failure, retry_events, run_once
-from runvisor.actors.tools._kv import BreakerStore, Claim, ResultStore, Snapshot
+from runvisor.actors.tools._kv import Abandoned, BreakerStore, Claim, ResultStore, Snapshot
 from runvisor.actors.tools._registry import Tool, ToolRegistry, clip, observation_text
 from runvisor.protocols import codec, subjects
 from runvisor.protocols.messages import StepEvent, ToolRequest, ToolResult
@@ -245,7 +245,18 @@ class ToolExecutor(Actor):
             request.idempotency_key,
             lease_s=request.timeout_s + CLAIM_GRACE_S,
             wait_s=min(request.timeout_s, self.claim_wait_s),
+            take_abandoned=served.tool.policy.idempotent,
         )
+        if isinstance(got, Abandoned):
+            # Its executor died mid-call: the charge, the email, the booking may have happened.
+            message = (
+                f"executor {got.owner or '?'} died while running this call, which may have taken effect; "
+                f"{served.tool.name} is not idempotent, so it is not run again: check its effect by hand"
+            )
+            result = failure(request.call_id, "InDoubt", message, attempts=0)
+            await self._results.settle(got, result)
+            log.warning("call %s in doubt: %s", request.call_id, message, extra={"run_id": request.run_id})
+            return result
         if isinstance(got, ToolResult):
             return got.model_copy(update={"call_id": request.call_id, "replayed": True})
         if got is None:

@@ -131,6 +131,15 @@ class Claim:
     revision: int
 
 
+@dataclass(frozen=True, slots=True)
+class Abandoned:
+    """A claim whose executor died mid-call (it expired with no result): the call may have taken effect."""
+
+    key: str
+    revision: int
+    owner: str
+
+
 class ResultStore:
     """Final tool results by idempotency key in KV ``rv_results``, with claims against double runs.
 
@@ -160,17 +169,22 @@ class ResultStore:
         self._sleep = sleep
         self.poll_s = poll_s
 
-    async def begin(self, idempotency_key: str, *, lease_s: float, wait_s: float) -> Claim | ToolResult | None:
+    async def begin(
+        self, idempotency_key: str, *, lease_s: float, wait_s: float, take_abandoned: bool = True
+    ) -> Claim | Abandoned | ToolResult | None:
         """Claim the key, or get the result recorded under it.
 
         Args:
             idempotency_key: The request's key (hashed when not a valid KV key).
             lease_s: How long our claim holds before others may take it over.
             wait_s: How long to wait for another executor's claim to turn into a result.
+            take_abandoned: Whether a claim left by an executor that died mid-call may be taken over
+                (the call run again): only for a tool that is safe to run twice.
 
         Returns:
-            A ``Claim`` (run the tool, then ``record``), the recorded ``ToolResult``, or ``None``
-            when another executor still holds the key after ``wait_s``.
+            A ``Claim`` (run the tool, then ``record``), the recorded ``ToolResult``, ``Abandoned``
+            (a dead executor's claim, not to be taken: ``settle`` it), or ``None`` when another
+            executor still holds the key after ``wait_s``.
         """
         key = kv_key(idempotency_key)
         claim = _Record(state="claimed", owner=self.owner, expires_at=self._wall() + lease_s)
@@ -181,7 +195,10 @@ class ResultStore:
             record = _read(entry.value if entry else None)
             if record is not None and record.state == "done" and record.result is not None:
                 return record.result
-            if entry is None or record is None or record.expires_at <= self._wall():
+            abandoned = record is not None and record.expires_at <= self._wall()
+            if entry is not None and record is not None and abandoned and not take_abandoned:
+                return Abandoned(key, entry.revision, record.owner)
+            if entry is None or record is None or abandoned:
                 # Free, unreadable, or abandoned by an executor that died: take it with a CAS.
                 try:
                     revision = await _cas(self.kv, key, codec.encode(claim), entry.revision if entry else None)
@@ -196,6 +213,15 @@ class ResultStore:
     async def record(self, claim: Claim, result: ToolResult) -> None:
         """Store the final result, so a repeat of the request replays it."""
         await self.kv.put(claim.key, codec.encode(_Record(state="done", owner=self.owner, result=result)))
+
+    async def settle(self, abandoned: Abandoned, result: ToolResult) -> None:
+        """Record ``result`` as the final word on an abandoned call, so no executor ever runs it.
+
+        Another executor settling it first (the same word, from the same tool policy) is fine.
+        """
+        done = codec.encode(_Record(state="done", owner=self.owner, result=result))
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await self.kv.update(abandoned.key, done, last=abandoned.revision)
 
     async def release(self, claim: Claim) -> None:
         """Drop our claim without a result (the tool never ran), so the call may be made again."""
@@ -229,4 +255,4 @@ async def _cas(kv: KeyValue, key: str, value: bytes, revision: int | None) -> in
     return updated
 
 
-__all__ = ["BreakerStore", "Claim", "ResultStore", "Snapshot"]
+__all__ = ["Abandoned", "BreakerStore", "Claim", "ResultStore", "Snapshot"]
