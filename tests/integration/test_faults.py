@@ -16,6 +16,7 @@ import pytest
 from nats.aio.client import Client
 
 from runvisor import Run
+from runvisor.actors.endpoint import Role
 from runvisor.actors.server import EmbeddedServer
 from runvisor.protocols.messages import ToolResult
 from runvisor.protocols.reasons import StopReason
@@ -70,7 +71,7 @@ async def processes() -> AsyncIterator[list[asyncio.subprocess.Process]]:
                 await proc.wait()
 
 
-async def spawn(server: EmbeddedServer, role: str, *args: str, cwd: Path | None = None) -> asyncio.subprocess.Process:
+async def spawn(server: EmbeddedServer, role: Role, *args: str, cwd: Path | None = None) -> asyncio.subprocess.Process:
     env = {
         **os.environ,
         "NATS_URL": server.url,

@@ -196,7 +196,7 @@ class ResultStore:
             if record is not None and record.state == "done" and record.result is not None:
                 return record.result
             abandoned = record is not None and record.expires_at <= self._wall()
-            if entry is not None and record is not None and abandoned and not take_abandoned:
+            if abandoned and not take_abandoned and record is not None and entry and entry.revision is not None:
                 return Abandoned(key, entry.revision, record.owner)
             if entry is None or record is None or abandoned:
                 # Free, unreadable, or abandoned by an executor that died: take it with a CAS.
