@@ -4,21 +4,33 @@ supervisor workers with one SIGKILLed under load, nats-server SIGKILLed under ag
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import signal
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from test_supervisor import _owners as partition_owners
+from test_supervisor import find_file_loop, publish
 
 from runvisor import Run
+from runvisor.actors.connection import connect
 from runvisor.actors.endpoint import Role
-from runvisor.actors.server import EmbeddedServer
-from runvisor.protocols.messages import ToolResult
+from runvisor.actors.server import EmbeddedServer, provision
+from runvisor.actors.supervisor._decide import Decisions
+from runvisor.actors.supervisor.detection.engine import Engine
+from runvisor.protocols import codec, subjects
+from runvisor.protocols.messages import Command, Evidence, RunState, StepEvent, ToolResult, Verdict
 from runvisor.protocols.reasons import StopReason
 from runvisor.testing import eventually
 
@@ -127,3 +139,149 @@ async def test_an_executor_killed_mid_call_never_runs_a_call_twice_unless_it_is_
     # and the reservation, safe to repeat, is made again by the new executor.
     assert (reserved.ok, reserved.observation) == (True, "reserved 4A")
     assert lines(tmp_path / "reservations") == 2
+
+
+# --- several supervisor workers, one SIGKILLed under load ----------------------------------
+
+
+def healthy_round(run_id: str, first_seq: int, k: int) -> list[StepEvent]:
+    """One step of an agent making progress: it reads a new file each time and learns something new."""
+    call, seq = f"c{first_seq}", first_seq
+    return [
+        StepEvent(run_id=run_id, seq=seq, ts=1e9 + seq, kind="llm", tokens_in=900, tokens_out=40, cost_usd=0.001),
+        StepEvent(
+            run_id=run_id,
+            seq=seq + 1,
+            ts=1e9 + seq + 1,
+            kind="tool_call",
+            tool="read_file",
+            call_id=call,
+            args={"path": f"src/module_{k}.py"},
+        ),
+        StepEvent(
+            run_id=run_id,
+            seq=seq + 2,
+            ts=1e9 + seq + 2,
+            kind="tool_result",
+            tool="read_file",
+            call_id=call,
+            observation=f"class Parser{k}:\n    def parse_{k}(self, text): return text.split({k!r})",
+            ok=True,
+        ),
+    ]
+
+
+class ControlCounts:
+    """Every command published on ``rv.ctl.>``, as a core subscriber (an agent, an operator) receives it."""
+
+    def __init__(self) -> None:
+        self.stops: collections.Counter[str] = collections.Counter()
+        self.other: list[Command] = []
+
+    async def on_ctl(self, msg: Msg) -> None:
+        command = codec.decode_command(msg.data)
+        if command.cmd == "stop":
+            self.stops[msg.subject.rsplit(".", 1)[-1]] += 1
+        else:
+            self.other.append(command)
+
+
+@pytest.mark.timeout(120)
+async def test_a_worker_killed_under_load_loses_no_loop_and_no_run_gets_two_stops(
+    fresh_server: EmbeddedServer,
+) -> None:
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin, lease_ttl_s=2.0)
+    seen = ControlCounts()
+    await admin.subscribe(subjects.CTL_ALL, cb=seen.on_ctl)
+    try:
+        async with processes() as procs:
+            workers = {
+                wid: await spawn(fresh_server, "supervisor", "supervisor", "--id", wid) for wid in ("w1", "w2", "w3")
+            }
+            procs.extend(workers.values())
+
+            # Given three workers sharing the partitions,
+            async def shared() -> dict[int, str] | None:
+                owners = await partition_owners(admin)
+                counts = collections.Counter(owners.values())
+                return owners if len(owners) == subjects.DEFAULT_PARTITIONS and max(counts.values()) <= 11 else None
+
+            owners = await eventually(shared, timeout=30, what="32 partitions shared by 3 workers")
+            victim = owners[0]
+            loops = [f"loop-{i}" for i in range(24)]
+            healthy = [f"busy-{i}" for i in range(24)]
+            assert any(owners[subjects.partition_of(r)] == victim for r in loops), "the victim judges some loops"
+            # and agents under way: half of them looping, none repeated enough yet to be stopped,
+            for k in range(8):
+                if k == 2:  # when the worker judging a third of them is killed with SIGKILL,
+                    workers[victim].send_signal(signal.SIGKILL)
+                for run in loops:
+                    await publish(admin, find_file_loop(run, 1 + 3 * k, repeats=1))
+                for run in healthy:
+                    await publish(admin, iter(healthy_round(run, 1 + 3 * k, k)))
+                await asyncio.sleep(0.3)
+            await workers[victim].wait()
+
+            # then every loop is still stopped, the victim's ones by the workers that took its partitions,
+            await eventually(lambda: set(seen.stops) >= set(loops), timeout=30, what="a stop for every loop")
+            await asyncio.sleep(2.0)  # time for a second stop, if one were coming
+    finally:
+        await admin.close()
+    # once each, and no healthy run is stopped.
+    assert {run: n for run, n in seen.stops.items() if n != 1} == {}
+    assert set(seen.stops) == set(loops)
+    assert [c for c in seen.other if c.cmd == "kill"] == []
+
+
+# --- a stop whose acknowledgement is lost ------------------------------------------------
+
+
+class AckLost:
+    """A worker's JetStream context whose first publish is stored and delivered, but whose
+    acknowledgement never comes back (as in a stream leader's failover)."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self.lost = 0
+
+    async def publish(self, *args: Any, **kwargs: Any) -> Any:
+        ack = await self._js.publish(*args, **kwargs)
+        if not self.lost:
+            self.lost += 1
+            raise NatsTimeoutError
+        return ack
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._js, name)
+
+
+async def test_a_stop_whose_acknowledgement_is_lost_reaches_the_agent_once(
+    server: EmbeddedServer, operator: Client, run_id: str
+) -> None:
+    seen = ControlCounts()
+    await operator.subscribe(subjects.ctl(run_id), cb=seen.on_ctl)
+    await operator.flush()
+    nc = await connect(server.endpoint("supervisor"), "t-supervisor")
+    try:
+        js = AckLost(nc.jetstream())
+
+        async def no_state(run_id: str) -> RunState | None:
+            return None
+
+        decisions = Decisions(
+            nc, cast(JetStreamContext, js), Engine(), owns=lambda run: True, stored_state=no_state,
+            stopping=asyncio.Event(), clock=time.time, worker_id="w-lost-ack",
+        )  # fmt: skip
+        evidence = Evidence(summary="`find_file JsonParser src/` x3 in a row", seqs=(2, 5, 8))
+        # When a stop is stored and delivered but its acknowledgement is lost,
+        await decisions.decide(Verdict(run_id=run_id, reason=StopReason.LOOP_DETECTED, severity="stop",
+                                       evidence=evidence, at_seq=9))  # fmt: skip
+        await nc.flush()
+        await asyncio.sleep(0.5)  # a second copy, if one were sent, has arrived by now
+    finally:
+        await nc.close()
+    # then the worker learns from the stream that it was stored, and the agent receives it once.
+    assert js.lost == 1
+    assert seen.stops == {run_id: 1}
+    assert decisions.commands_sent == 1

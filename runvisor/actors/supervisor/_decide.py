@@ -137,6 +137,8 @@ class Decisions:
                 )
             except Exception as exc:
                 why = str(exc) or type(exc).__name__
+                if await self._stored_already(run_id, command):
+                    return True
                 if self._stopping.is_set() or not self._owns(run_id):
                     log.warning("%s not stored (%s); left to the next owner", command.cmd, why, extra=extra)
                     return False
@@ -147,6 +149,18 @@ class Decisions:
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 continue
             return not ack.duplicate
+
+    async def _stored_already(self, run_id: str, command: Command) -> bool:
+        """Whether a publish that raised stored ``command`` all the same: only its acknowledgement
+        was lost (a stream leader failing over, a slow server). Publishing it again would be kept
+        once by the stream (``Nats-Msg-Id``) but delivered twice to the agent and to everyone
+        watching ``rv.ctl``; so the stream is asked first."""
+        with contextlib.suppress(Exception):  # unreadable now: publish again, as before
+            stored = await last_stored_command(self._js, run_id)
+            if stored is not None and _same(stored.command, command):
+                log.info("%s stored, its acknowledgement lost", command.cmd, extra={"run_id": run_id})
+                return True
+        return False
 
     async def _publish(self, verdict: Verdict) -> None:
         """Publish a verdict on ``rv.event.<run>`` (operators, dashboards)."""
@@ -207,6 +221,11 @@ class Decisions:
             extra={"run_id": run_id, "worker": self.worker_id},
         )  # fmt: skip
         return True
+
+
+def _same(a: Command, b: Command) -> bool:
+    """The same decision (floats compared as stored: msgpack keeps them exact)."""
+    return (a.cmd, a.reason, a.issuer, a.at_seq, a.ts) == (b.cmd, b.reason, b.issuer, b.at_seq, b.ts)
 
 
 __all__ = ["MAX_CHECKING", "NATS_MSG_ID", "Decisions"]
