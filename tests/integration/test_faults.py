@@ -23,10 +23,11 @@ from nats.js import JetStreamContext
 from test_supervisor import _owners as partition_owners
 from test_supervisor import find_file_loop, publish
 
-from runvisor import Run
+from runvisor import Run, RunStopped
 from runvisor.actors.connection import connect
 from runvisor.actors.endpoint import Role
 from runvisor.actors.server import EmbeddedServer, provision
+from runvisor.actors.streams.control import last_stored_command
 from runvisor.actors.supervisor._decide import Decisions
 from runvisor.actors.supervisor.detection.engine import Engine
 from runvisor.protocols import codec, subjects
@@ -285,3 +286,73 @@ async def test_a_stop_whose_acknowledgement_is_lost_reaches_the_agent_once(
     assert js.lost == 1
     assert seen.stops == {run_id: 1}
     assert decisions.commands_sent == 1
+
+
+# --- nats-server SIGKILLed under agents' loops ----------------------------------------------
+
+
+async def looping_agent(server: EmbeddedServer, run_id: str, started: asyncio.Event) -> StopReason | str:
+    """An agent searching again and again for what does not exist, every 0.3 s, until it is stopped."""
+    try:
+        async with Run.start(goal="find the parser", run_id=run_id, endpoint=server.endpoint("agent")) as run:
+            for i in range(200):
+                await run.llm(tokens_in=900, tokens_out=40, cost_usd=0.001)
+                async with run.tool("find_file", {"command": "find_file JsonParser src/"}) as call:
+                    call.result = 'No matches found for "JsonParser" in /repo/src'
+                if i == 1:
+                    started.set()  # two repeats: not yet a loop
+                await asyncio.sleep(0.3)
+    except RunStopped as stopped:
+        return stopped.reason
+    return "never stopped"
+
+
+@pytest.mark.timeout(120)
+async def test_loops_around_a_server_killed_and_restarted_are_all_stopped_once(
+    fresh_server: EmbeddedServer, run_id: str
+) -> None:
+    admin = await connect(fresh_server.endpoint("admin"), "t-admin")
+    await provision(admin)
+    await admin.close()
+    seen = ControlCounts()
+    async with processes() as procs:
+        procs.append(await spawn(fresh_server, "supervisor", "supervisor", "--id", "w1"))
+        # Given agents whose loops are under way (two repeats each, below the threshold),
+        agents = [f"{run_id}-a{i}" for i in range(10)]
+        begun = [asyncio.Event() for _ in agents]
+        running = [asyncio.create_task(looping_agent(fresh_server, a, e)) for a, e in zip(agents, begun, strict=True)]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in begun)), 60)
+        # and whole loops that arrived just before the server went down (no time to judge them),
+        watcher = await connect(fresh_server.endpoint("admin"), "t-watcher")
+        await watcher.subscribe(subjects.CTL_ALL, cb=seen.on_ctl)
+        raw = [f"{run_id}-r{i}" for i in range(10)]
+        for run in raw:
+            await publish(watcher, find_file_loop(run, 1, repeats=6))
+        # when nats-server is killed with SIGKILL and comes back 4 s later on the same store,
+        await fresh_server.kill()
+        await asyncio.sleep(4.0)
+        await fresh_server.start()
+        # then every agent is stopped for its loop,
+        reasons = await asyncio.wait_for(asyncio.gather(*running), 60)
+        assert reasons == [StopReason.LOOP_DETECTED] * len(agents)
+        # every loop sent before the kill gets its stop too,
+        reader = await connect(fresh_server.endpoint("admin"), "t-reader")
+
+        async def stopped(run: str) -> bool:
+            stored = await last_stored_command(reader.jetstream(), run)
+            return stored is not None and (stored.command.cmd, stored.command.reason) == (
+                "stop", StopReason.LOOP_DETECTED
+            )  # fmt: skip
+
+        async def all_stopped() -> bool:
+            return all([await stopped(run) for run in [*agents, *raw]])
+
+        try:
+            await eventually(all_stopped, timeout=30, what="a stop stored for every loop")
+        finally:
+            await reader.close()
+        await asyncio.sleep(1.0)
+        await watcher.close()
+    # and no one watching rv.ctl ever sees two stops for a run (a core subscriber misses what is
+    # published while it reconnects: agents catch up from RV_CONTROL, see test_agent).
+    assert [run for run, n in seen.stops.items() if n > 1] == []
