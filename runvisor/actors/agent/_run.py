@@ -30,6 +30,9 @@ Decisions worth knowing:
 - An exception in the agent's own code marks the run STOPPED/AGENT_CRASHED, which (as the
   recovery hint of DESIGN §5 says) may be resumed; killed, otherwise stopped and completed
   runs may not.
+- A framework that saves its own state at a pause (LangGraph's ``interrupt``) lets its process
+  leave the block with the run ``suspended``: the run stays PAUSED, with no ``final`` event,
+  until ``Run.resume`` continues it.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from runvisor.actors.retry import FailureClassifier
 from runvisor.actors.runtime import Actor
 from runvisor.errors import RunError
 from runvisor.protocols import subjects
-from runvisor.protocols.conventions import final_args
+from runvisor.protocols.conventions import final_args, heartbeat_args
 from runvisor.protocols.messages import (
     MAX_OBSERVATION_CHARS,
     Command,
@@ -140,6 +143,7 @@ class Run(Actor):
         self._pricing = Pricing(prices)
         self._current: Token[Run | None] | None = None
         self._finished = False
+        self._suspended = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
         self._stream: StepStream | None = None  # the connection's, so made in on_start
@@ -250,6 +254,30 @@ class Run(Actor):
     def paused(self) -> bool:
         """Whether a pause is in force (the run holds at its next step boundary)."""
         return self._control.controls.pause is not None
+
+    @property
+    def killed(self) -> asyncio.Event:
+        """Set once a kill arrives: work in flight (a model request, a tool call) should be abandoned
+        at once, not at the next step boundary. For framework adapters; read-only by convention."""
+        return self._control.killed
+
+    @property
+    def suspended(self) -> bool:
+        """Whether leaving the ``async with`` block leaves the run PAUSED, for ``Run.resume``, instead of completing it.
+
+        For a framework that stops at a pause and saves its own state, so that its process may
+        end there (LangGraph's ``interrupt``: ``runvisor.adapters.langgraph`` sets this when it
+        interrupts a graph for a pause and clears it when the graph runs to its end). Leaving the
+        block then saves a PAUSED checkpoint (with the pause's reason, else USER_PAUSED) and says so
+        in a heartbeat, with no ``final`` event: supervisors show the run paused and, as for any
+        paused run, do not time it out. A kill or stop received first ends the run as usual, and an
+        exception out of the block is a crash as usual.
+        """
+        return self._suspended
+
+    @suspended.setter
+    def suspended(self, suspended: bool) -> None:
+        self._suspended = suspended
 
     @property
     def seq(self) -> int:
@@ -415,15 +443,25 @@ class Run(Actor):
         self._current = _CURRENT.set(self)
 
     async def on_stop(self) -> None:
-        """The agent's code returned: the run completed, unless it was killed or stopped first."""
+        """The agent's code returned: the run completed, unless it was killed or stopped first (or is ``suspended``)."""
+        terminal = self._control.controls.terminal
+        if self._suspended and self._control.ended is None and terminal is not None:
+            with contextlib.suppress(RunError):  # killed or stopped while suspended: it ends as commanded
+                await self._control.end(terminal)
         if self._control.ended is not None:
             await self._finish(ok=False, error=str(self._control.ended))
+        elif self._suspended:
+            pause = self._control.controls.pause
+            reason = (pause.reason if pause is not None else None) or StopReason.USER_PAUSED
+            await self._finish(ok=True, status=RunStatus.PAUSED, reason=reason)
         else:
             await self._finish(ok=True, status=RunStatus.COMPLETED, reason=StopReason.COMPLETED)
 
     async def on_failure(self, exc: BaseException) -> None:
-        if exc is self._control.ended:
-            await self._finish(ok=False, error=str(exc))  # already recorded by CommandFollower.end
+        if self._control.ended is not None:
+            # Killed or stopped (already recorded by CommandFollower.end): what escaped is that end,
+            # or a framework's own wrapping of it (an ExceptionGroup, its cancellation), never a crash.
+            await self._finish(ok=False, error=str(self._control.ended))
             return
         log.error("agent failed: %r", exc, extra={"run_id": self.run_id})
         text = f"{type(exc).__name__}: {exc}"
@@ -437,13 +475,17 @@ class Run(Actor):
                 return  # another process holds the run now: it speaks for it
             if status is not None:
                 await self._checkpoints.save(status, reason)
-            await self._steps.publish(
-                "final",
-                ok=ok,
-                error=limits.clip(error, MAX_OBSERVATION_CHARS),
-                agent=self.agent,
-                args=final_args(reason) if reason is not None else None,
-            )
+            if status is RunStatus.PAUSED:  # suspended: not an end, the run goes on after Run.resume
+                paused = heartbeat_args(status, reason)
+                await self._steps.publish("heartbeat", observation="suspended until Run.resume", args=paused)
+            else:
+                await self._steps.publish(
+                    "final",
+                    ok=ok,
+                    error=limits.clip(error, MAX_OBSERVATION_CHARS),
+                    agent=self.agent,
+                    args=final_args(reason) if reason is not None else None,
+                )
             await self._steps.close()
         except Exception as exc:
             log.error("could not record the end of the run: %s", exc, extra={"run_id": self.run_id})
