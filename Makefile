@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo lint bench clean
+.PHONY: venv test demo examples lint bench clean
 
 # setuptools warns on every editable install that a folder named like the package may shadow it
 # (here by design: runvisor/ is the package); the wheel build is warning-free (tests/integration/test_wheel.py).
@@ -22,6 +22,15 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/runvisor demo
+
+# Every example against its own embedded server; non-zero if any outcome is not the expected one.
+examples: $(STAMP)
+	@failed=""; for example in examples/*.py; do \
+		echo "== $$example"; \
+		$(BIN)/python "$$example" || failed="$$failed $$example"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "examples not as expected:$$failed"; exit 1; fi; \
+	echo "all examples as expected"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
