@@ -218,6 +218,27 @@ class RunState(_Wire):
     updated_at: Money = 0.0
     last_verdict: Verdict | None = None
     signal: ProgressSignal | None = None
+    #: The run that started this one as a sub-agent (from its ``start`` event); None for a top-level run.
+    parent_run_id: RunId | None = None
+
+
+class FamilyEntry(_Wire):
+    """What a sub-agent spent, with its own sub-agents, as its supervisor last wrote it to KV ``rv_family``
+    (key ``p<parent's partition>.<parent>.<run>``), for the supervisor of its parent (see
+    ``supervisor/_family.py``). JSON, like ``rv_runs``: ``nats kv watch rv_family`` is readable."""
+
+    run_id: RunId
+    parent_run_id: RunId
+    status: RunStatus = RunStatus.RUNNING
+    stop_reason: StopReason | None = None
+    #: The run's own counters plus those of its sub-agents, as far down as ``depth`` says.
+    counters: Counters = Counters()
+    #: How many sub-agents below this run ``counters`` includes.
+    sub_agents: Count = 0
+    #: Levels of runs ``counters`` covers: 1 for the run alone, 2 with its children, ...
+    depth: Annotated[int, Field(ge=1, le=64)] = 1
+    last_seq: Count = 0
+    updated_at: Money = 0.0
 
 
 class Intent(_Wire):
@@ -307,6 +328,7 @@ __all__ = [
     "CommandName",
     "Counters",
     "Evidence",
+    "FamilyEntry",
     "Intent",
     "Policy",
     "ProgressSignal",

@@ -35,6 +35,8 @@ BREAKERS_BUCKET = "rv_breakers"
 #: Recorded tool results by idempotency key; not in DESIGN §2's table, added so a repeated
 #: request returns the recorded result (DESIGN §6) without giving tools access to checkpoints.
 RESULTS_BUCKET = "rv_results"
+#: Sub-agents' spending, keyed by their parent's partition: see ``supervisor/_family.py``.
+FAMILY_BUCKET = "rv_family"
 
 STEP_ALL = f"{PREFIX}.step.*"
 CTL_ALL = f"{PREFIX}.ctl.*"
@@ -131,6 +133,18 @@ def is_inbox(subject: str) -> bool:
     return subject.startswith(DEFAULT_INBOX) and "." in subject
 
 
+def family_key(parent_run_id: str, run_id: str, partitions: int = DEFAULT_PARTITIONS) -> str:
+    """The ``rv_family`` key of a sub-agent: ``p<N>.<parent>.<run>``, N its parent's partition, so the
+    parent's supervisor follows only the keys of the partitions it holds (:func:`family_filter`)."""
+    partition = partition_of(check_run_id(parent_run_id), partitions)
+    return f"p{partition}.{parent_run_id}.{check_run_id(run_id)}"
+
+
+def family_filter(partition: int) -> str:
+    """The ``rv_family`` keys of the sub-agents of the runs in one partition."""
+    return f"p{partition}.>"
+
+
 def lease_key(partition: int) -> str:
     return f"p{partition}"
 
@@ -201,4 +215,5 @@ def bucket_configs(lease_ttl_s: float = DEFAULT_LEASE_TTL_S) -> list[KeyValueCon
         KeyValueConfig(bucket=LEASES_BUCKET, description="supervisor partition leases", ttl=lease_ttl_s),
         KeyValueConfig(bucket=BREAKERS_BUCKET, description="shared circuit breakers per tool", history=1),
         KeyValueConfig(bucket=RESULTS_BUCKET, description="tool results by idempotency key", ttl=86400.0),
+        KeyValueConfig(bucket=FAMILY_BUCKET, description="sub-agents' spending by parent partition", history=1),
     ]

@@ -25,6 +25,7 @@ from runvisor.actors.connection import connect
 from runvisor.actors.endpoint import Role
 from runvisor.actors.operator import list_states, run_steps
 from runvisor.actors.server import EmbeddedServer
+from runvisor.actors.streams._bucket import latest_values
 from runvisor.actors.supervisor.worker import SupervisorWorker
 from runvisor.errors import PermissionDenied
 from runvisor.protocols import codec, subjects
@@ -120,6 +121,10 @@ async def read_runs(nc: Client, run_id: str) -> object:
     return await list_states(nc)
 
 
+async def read_family(nc: Client, run_id: str) -> object:
+    return await latest_values(nc.jetstream(), subjects.FAMILY_BUCKET, subjects.family_filter(0))
+
+
 async def call_tool(nc: Client, run_id: str) -> object:
     return await nc.request(subjects.tool("t-perm"), b"x", timeout=4)
 
@@ -137,6 +142,7 @@ MATRIX = [
     Row(AGENT, "subscribe to its commands", subscribe("rv.ctl.RUN")),
     Row(AGENT, "command a run", command, "rv.ctl.RUN"),
     Row(AGENT, "write a run state", kv_put(subjects.RUNS_BUCKET), "$KV.rv_runs.RUN"),
+    Row(AGENT, "write a sub-agent's spending", kv_put(subjects.FAMILY_BUCKET), "$JS.API.STREAM.INFO.KV_rv_family"),
     Row(AGENT, "read others' replies (_INBOX)", subscribe("_INBOX.>"), "_INBOX.>"),
     Row(AGENT, "read operators' replies", subscribe("_INBOX_operator.>"), "_INBOX_operator.>"),
     Row(AGENT, "read supervisors' consumers", subscribe("_INBOX_supervisor.>"), "_INBOX_supervisor.>"),
@@ -161,6 +167,8 @@ MATRIX = [
     # Supervisors: run states, leases, commands, step consumers; no checkpoints, no purges.
     Row(SUPERVISOR, "write a run state", kv_put(subjects.RUNS_BUCKET)),
     Row(SUPERVISOR, "write a lease", kv_put(subjects.LEASES_BUCKET)),
+    Row(SUPERVISOR, "write a sub-agent's spending", kv_put(subjects.FAMILY_BUCKET)),
+    Row(SUPERVISOR, "read sub-agents' spending (consumer)", read_family),
     Row(SUPERVISOR, "command a run", command),
     Row(SUPERVISOR, "read steps (consumer)", read_steps),
     Row(SUPERVISOR, "read run states (consumer)", read_runs),
@@ -179,6 +187,8 @@ MATRIX = [
     Row(OPERATOR, "watch everything", subscribe("rv.>")),
     Row(OPERATOR, "publish a step", publish_step, "rv.step.RUN"),
     Row(OPERATOR, "write a run state", kv_put(subjects.RUNS_BUCKET), "$KV.rv_runs.RUN"),
+    Row(OPERATOR, "read sub-agents' spending", read_family),
+    Row(OPERATOR, "write a sub-agent's spending", kv_put(subjects.FAMILY_BUCKET), "$KV.rv_family.RUN"),
     Row(OPERATOR, "write a checkpoint", kv_put(subjects.CHECKPOINTS_BUCKET), "$KV.rv_checkpoints.RUN"),
     Row(OPERATOR, "purge run states", purge("KV_rv_runs"), "$JS.API.STREAM.PURGE.KV_rv_runs"),
     Row(OPERATOR, "purge RV_STEPS", purge("RV_STEPS"), "$JS.API.STREAM.PURGE.RV_STEPS"),

@@ -35,7 +35,8 @@ async def test_provisioning_is_idempotent_and_updates_outdated_config(fresh_serv
         first = await provision(nc)
         assert set(first.values()) == {"created"}
         assert set(first) == {
-            "RV_STEPS", "RV_CONTROL", "rv_runs", "rv_checkpoints", "rv_leases", "rv_breakers", "rv_results"
+            "RV_STEPS", "RV_CONTROL", "rv_runs", "rv_checkpoints", "rv_leases", "rv_breakers", "rv_results",
+            "rv_family",
         }  # fmt: skip
         # A second run changes nothing.
         assert set((await provision(nc)).values()) == {"unchanged"}

@@ -119,7 +119,7 @@ def _command_json(stored: StoredCommand | None) -> dict[str, Any] | None:
 
 
 async def ps(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    """The runs in ``rv_runs``, newest first, filtered."""
+    """The runs in ``rv_runs``, newest first, filtered; sub-agents indented under their parent."""
 
     async def work(nc: Client) -> int:
         states = select(await list_states(nc), statuses=frozenset(args.status), since_s=args.since)
@@ -129,7 +129,7 @@ async def ps(args: argparse.Namespace, stop: asyncio.Event) -> int:
         else:
             # Fitted to a terminal; in a pipe run ids stay whole (for grep, xargs).
             width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
-            print(runs_table(shown, PS_COLUMNS, width))
+            print(runs_table(shown, PS_COLUMNS, width, tree=True))
         if len(states) > len(shown):
             print(f"{len(states) - len(shown)} more runs not shown (--limit, --status, --since)", file=sys.stderr)
         return 0

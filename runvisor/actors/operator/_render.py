@@ -66,15 +66,47 @@ TOP_COLUMNS = (
 )
 
 
+#: Indentation of a sub-agent under its parent in ``runvisor ps``, per level, and the deepest shown.
+INDENT = "  "
+MAX_INDENT = 8
+
+
+def family_tree(states: Iterable[RunState]) -> list[tuple[RunState, int]]:
+    """The runs in the order given, each followed by its sub-agents among them (in the same order),
+    with how deep each lies: 0 for a run whose parent is not among ``states``."""
+    rows = list(states)
+    known = {s.run_id for s in rows}
+    children: dict[str, list[RunState]] = {}
+    for s in rows:
+        if s.parent_run_id in known and s.parent_run_id != s.run_id:
+            children.setdefault(s.parent_run_id, []).append(s)
+    out: list[tuple[RunState, int]] = []
+    seen: set[str] = set()
+    # Top-level runs first; then any left (a cycle of parents, possible only with made-up ids), flat.
+    tops = [s for s in rows if s.parent_run_id not in known or s.parent_run_id == s.run_id]
+    for top in [*tops, *rows]:
+        stack = [(top, 0)]
+        while stack:
+            state, depth = stack.pop()
+            if state.run_id in seen:
+                continue
+            seen.add(state.run_id)
+            out.append((state, depth))
+            stack.extend((child, depth + 1) for child in reversed(children.get(state.run_id, [])))
+    return out
+
+
 def runs_table(
     states: Iterable[RunState], columns: tuple[Column, ...] = PS_COLUMNS, width: int | None = None,
-    now: float | None = None,
+    now: float | None = None, *, tree: bool = False,
 ) -> str:  # fmt: skip
-    """Runs one a line under a header; with ``width``, every line fits in it (run ids are cut)."""
+    """Runs one a line under a header; with ``width``, every line fits in it (run ids are cut).
+    With ``tree``, sub-agents follow their parent, indented (see :func:`family_tree`)."""
     now = time.time() if now is None else now
-    rows = list(states)
+    rows = family_tree(states) if tree else [(s, 0) for s in states]
+    names = [INDENT * min(depth, MAX_INDENT) + s.run_id for s, depth in rows]
     fixed = sum(c.width + 1 for c in columns)
-    longest = max([3, *(len(s.run_id) for s in rows)])
+    longest = max([3, *map(len, names)])
     run_width = longest if width is None else max(MIN_RUN_WIDTH, min(longest, width - fixed))
 
     def line(run: str, cells: list[str]) -> str:
@@ -85,7 +117,7 @@ def runs_table(
         return " ".join(out).rstrip()
 
     lines = [line("RUN", [c.header for c in columns])]
-    lines += [line(s.run_id, [c.cell(s, now) for c in columns]) for s in rows]
+    lines += [line(name, [c.cell(s, now) for c in columns]) for name, (s, _) in zip(names, rows, strict=True)]
     return "\n".join(lines)
 
 
@@ -154,6 +186,7 @@ def describe(
     started = f", started {age(now - state.started_at)} ago" if state.started_at else ""
     lines = [
         f"run {state.run_id}: {status}",
+        *([f"  sub-agent of run {state.parent_run_id}"] if state.parent_run_id else []),
         f"  agent: {state.agent or '-'}{started}; task: {clip(state.task or '-', TEXT_CHARS)}",
         f"  now: step {state.last_seq} {state.last_kind or ''}, tool {state.current_tool or '-'}, "
         f"updated {age(now - state.updated_at)} ago",
@@ -194,6 +227,6 @@ def step_json(step: StoredStep, marked: bool = False) -> dict[str, Any]:
 
 
 __all__ = [
-    "EVIDENCE_MARK", "PS_COLUMNS", "TOP_COLUMNS", "age", "clip", "describe", "runs_table", "short_count",
+    "EVIDENCE_MARK", "PS_COLUMNS", "TOP_COLUMNS", "age", "clip", "describe", "family_tree", "runs_table", "short_count",
     "signal_text", "stale", "step_json", "step_line",
 ]  # fmt: skip

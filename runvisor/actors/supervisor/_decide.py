@@ -111,6 +111,22 @@ class Decisions:
             extra = {"run_id": run_id, "reason": verdict.reason, "worker": self.worker_id}
             log.warning("%s: %s", command.cmd, verdict.evidence.summary, extra=extra)
 
+    async def command_for(self, run_id: str, command: Command, holder: str) -> bool:
+        """Store ``command`` for a run that another worker may judge, once, while this worker owns
+        ``holder``: a sub-agent held or ended with its parent, by the parent's supervisor (see
+        ``_family``). The sub-agent's own supervisor applies it as it arrives on ``rv.ctl``.
+
+        Returns:
+            True when it was stored now, False when it already was (or was left to the next owner).
+        """
+        msg_id = f"{run_id}:pause:{command.reason}:{command.at_seq}" if command.cmd == "pause" else f"{run_id}:stop"
+        stored = await self._store(run_id, command, msg_id, holder=holder)
+        if stored:
+            self.commands_sent += 1
+            said = command.evidence.summary if command.evidence else command.note
+            log.warning("%s: %s", command.cmd, said, extra={"run_id": run_id, "worker": self.worker_id})
+        return stored
+
     async def drain(self) -> None:
         """Wait for the warnings still being checked (a graceful stop)."""
         await asyncio.gather(*self._checking.values(), return_exceptions=True)
@@ -120,13 +136,14 @@ class Decisions:
         for task in self._checking.values():
             task.cancel()
 
-    async def _store(self, run_id: str, command: Command, msg_id: str) -> bool:
+    async def _store(self, run_id: str, command: Command, msg_id: str, holder: str | None = None) -> bool:
         """Publish a command to ``RV_CONTROL`` until it is stored; True unless it was already there.
 
         A command that cannot be stored (JetStream unavailable, the stream being restored) is
-        retried with backoff while the run is this worker's: the engine has already counted the
-        decision as made, so giving up would let a loop run on. When the lease goes, or the
-        worker stops, it is left to the next owner, whose replay reaches the same decision.
+        retried with backoff while the run (or ``holder``, the run it is sent for) is this worker's:
+        the engine has already counted the decision as made, so giving up would let a loop run on.
+        When the lease goes, or the worker stops, it is left to the next owner, whose replay reaches
+        the same decision.
         """
         extra = {"run_id": run_id, "worker": self.worker_id}
         attempt = 0
@@ -139,7 +156,7 @@ class Decisions:
                 why = str(exc) or type(exc).__name__
                 if await self._stored_already(run_id, command):
                     return True
-                if self._stopping.is_set() or not self._owns(run_id):
+                if self._stopping.is_set() or not self._owns(holder or run_id):
                     log.warning("%s not stored (%s); left to the next owner", command.cmd, why, extra=extra)
                     return False
                 delay = self._store_backoff.delay(attempt)

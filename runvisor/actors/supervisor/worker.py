@@ -8,7 +8,8 @@ Each event goes through the pure :class:`Engine`; what it decides goes out throu
 :class:`Decisions` (verdicts on ``rv.event.<run>``, a confirmed pause or stop stored in
 ``RV_CONTROL`` once). The worker keeps ``rv_runs`` current (coalesced: a dirty run is written
 at most once per ``flush_s``), answers ``rv.status.<run>`` for the runs it owns, and follows
-operator commands on ``rv.ctl.*``.
+operator commands on ``rv.ctl.*``. Sub-agents' spending and ends go through ``rv_family``
+(:class:`FamilyLink`, at the same flush cadence).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from runvisor.actors.runtime import Actor
 from runvisor.actors.streams.runs import allows_ttl, finished_ttl, read_state
 from runvisor.actors.streams.steps import direct_get_step, stored_before
 from runvisor.actors.supervisor._decide import Decisions
+from runvisor.actors.supervisor._family import FamilyLink
 from runvisor.actors.supervisor._follow import Followers
+from runvisor.actors.supervisor._lookahead import Found, LookAhead
 from runvisor.actors.supervisor._metrics import LAG_EVERY_S, Measures
 from runvisor.actors.supervisor._rejections import Rejections
 from runvisor.actors.supervisor.detection.engine import Engine
@@ -111,8 +114,10 @@ class SupervisorWorker(Actor):
         self._dirty: set[str] = set()
         self._writing: set[str] = set()  # states sent to rv_runs, not yet acknowledged
         self._decisions: Decisions | None = None
+        self._family: FamilyLink | None = None  # sub-agents' spending and ends (``_family``)
         self._js: JetStreamContext | None = None
         self._followers: Followers | None = None
+        self.lookahead = LookAhead(self._read_run, lambda run_id: run_id in self.engine.windows)
         self._runs_kv: KeyValue | None = None
         self._leases: Leases | None = None
         self._unwritable = Sparing(UNWRITABLE_LOG_EVERY_S)
@@ -162,11 +167,17 @@ class SupervisorWorker(Actor):
             self.nc, self._js, self.engine, self.owns, self._stored_state, self.stopping, self.clock, self.worker_id,
             on_published=self.measures.decisions.add,
         )  # fmt: skip
+        self._family = await FamilyLink.open(
+            self._js, steps_nc.jetstream(), self.engine, self._decisions,
+            lambda run_id: self.owns(run_id) and not self._catching_up(run_id), self._stored_state, self._dirty_add,
+            self.partitions, self.clock, self.worker_id, self.keep_finished_s,
+        )  # fmt: skip
         # Steps are timed only for metrics: a worker without them pays nothing per step.
         judge = self._step if self.metrics is None else self.measures.timed(self._step)
         self._followers = Followers(
-            self.nc, steps_nc, self.leases.holds, judge, self.lookback_s, self.clock, self.worker_id
-        )
+            self.nc, steps_nc, self.leases.holds, judge, self.lookback_s, self.clock, self.worker_id,
+            delivered=self.lookahead.delivered,
+        )  # fmt: skip
         if self.metrics is not None:
             self.metrics.watch(self.worker_id, self.snapshot)
         await self.nc.subscribe(subjects.CTL_ALL, cb=self._on_command)
@@ -195,6 +206,8 @@ class SupervisorWorker(Actor):
             self._followers.cancel_all()
         if self._decisions is not None:
             self._decisions.cancel()
+        if self._family is not None:
+            self._family.cancel_all()
         await super().on_failure(exc)
 
     async def _every(self, period: float, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -209,6 +222,22 @@ class SupervisorWorker(Actor):
     # -- partitions --------------------------------------------------------------------
 
     @property
+    def family(self) -> FamilyLink:
+        assert self._family is not None, "the worker is not started"
+        return self._family
+
+    def _dirty_add(self, run_id: str) -> None:
+        self._dirty.add(run_id)
+
+    async def _read_run(self, partition: int, run_id: str) -> Found:
+        """A run's first step in ``RV_STEPS`` and its state in ``rv_runs``, read together (see ``_lookahead``)."""
+        first, stored = await asyncio.gather(
+            direct_get_step(self.nc, {"next_by_subj": subjects.stored_step(partition, run_id)}),
+            self._stored_state(run_id),
+        )
+        return first, stored
+
+    @property
     def followers(self) -> Followers:
         assert self._followers is not None, "the worker is not started"
         return self._followers
@@ -219,12 +248,15 @@ class SupervisorWorker(Actor):
 
     async def _gain(self, partition: int) -> None:
         self.followers.start(partition)
+        self.family.follow(partition)
 
     async def _lose(self, partition: int) -> None:
         # A lease given back is still held while this runs (see ``Leases``): the states the next
         # owner will read are written first, unless this worker's own view was still incomplete.
         complete = not self.followers.catching_up(partition)
         await self.followers.stop(partition)
+        self.lookahead.drop(partition)
+        await self.family.unfollow(partition)
         gone = [run for run in self.engine.windows if subjects.partition_of(run, self.partitions) == partition]
         if complete and self.leases.holds(partition):
             await self._write_states([run for run in gone if run in self._dirty])
@@ -248,7 +280,8 @@ class SupervisorWorker(Actor):
         now = self.last_at = self.clock()
         if self.first_at is None:
             self.first_at = now
-        if event.seq > 1 and event.kind != "start" and event.run_id not in self.engine.windows:
+        known = event.run_id in self.engine.windows
+        if not known and event.seq > 1 and event.kind != "start":
             await self._recall(partition, event.run_id, now)
         if event.kind == "start":
             screened = await self._screen_start(partition, msg, event, now, replayed=stored_at is not None)
@@ -259,6 +292,8 @@ class SupervisorWorker(Actor):
         # given a fresh stall timeout by being replayed.
         verdicts = self.engine.observe(event, now if stored_at is None else min(now, stored_at))
         self._dirty.add(event.run_id)
+        if not known:  # a read started while this step waited is stale now: the run has a window
+            self.lookahead.forget(event.run_id)
         if verdicts:
             for verdict in verdicts:
                 await self.decisions.decide(verdict, stored_at)
@@ -274,12 +309,12 @@ class SupervisorWorker(Actor):
         run_id = event.run_id
         if run_id not in self.engine.windows:
             try:
-                seen_before = await stored_before(self.nc, partition, run_id, msg.metadata.sequence.stream)
+                found = await self.lookahead.found(partition, run_id)
             except Exception as exc:  # judged as a new run, as before this check
                 log.warning("earlier steps not looked for: %s", exc, extra={"run_id": run_id, "worker": self.worker_id})
-                seen_before = False
-            if seen_before:
-                await self._recall(partition, run_id, now)
+                found = (None, None)
+            if stored_before(found[0], msg.metadata.sequence.stream):
+                self._recalled(run_id, found, now)
         window = self.engine.windows.get(run_id)
         if window is None or not (window.events or window.last_seq):
             return event  # the run's first start (a window may hold only a command): its policy stands
@@ -295,11 +330,14 @@ class SupervisorWorker(Actor):
         """Before judging a run first seen mid-way, recall its policy from its ``start`` event in
         ``RV_STEPS`` and what it spent, and how it ended, from ``rv_runs`` (see ``Engine.recall``)."""
         try:
-            first = await direct_get_step(self.nc, {"next_by_subj": subjects.stored_step(partition, run_id)})
-            stored = await self._stored_state(run_id)
+            found = await self.lookahead.found(partition, run_id)
         except Exception as exc:  # judged from here on, as before there was anything to recall
             log.warning("cannot recall run %s: %s", run_id, exc, extra={"worker": self.worker_id})
             return
+        self._recalled(run_id, found, now)
+
+    def _recalled(self, run_id: str, found: Found, now: float) -> None:
+        first, stored = found
         try:
             start = codec.decode(StepEvent, first.data) if first is not None else None
         except DecodeError:
@@ -425,6 +463,7 @@ class SupervisorWorker(Actor):
                 else:
                     ready.append(run_id)
         await self._write_states(ready)
+        await self.family.flush(ready)  # sub-agents' entries, and their parents' budgets and ends
 
     async def _write_states(self, run_ids: list[str]) -> None:
         """Write the runs' states to ``rv_runs``, pipelined; those not acknowledged stay dirty.

@@ -217,6 +217,22 @@ class Engine:
             findings.pop(reason, None)
             findings[reason] = (verdict, True)
 
+    def grade(self, verdict: Verdict, now: float) -> list[Verdict]:
+        """Grade a confirmed finding made outside the run's window as its own findings are graded.
+
+        For a parent's budget spent with its sub-agents (``supervisor/_family.py``): with
+        ``warn_first`` a warning comes first and the next finding acts, once per reason.
+
+        Returns:
+            The graded verdict, or nothing for a run unknown or finished, or already acted on for it.
+        """
+        window = self.windows.get(verdict.run_id)
+        if window is None or window.finished:
+            return []
+        verdicts = self._grade(window, [(verdict, True)], now)
+        self.timers.schedule(window.run_id, next_deadline(window, window.policy))
+        return verdicts
+
     def tick(self, now: float) -> list[Verdict]:
         """Check the runs whose stall deadline has passed; call it periodically.
 
@@ -285,6 +301,14 @@ class Engine:
             return
         if before.status is RunStatus.PAUSED and after.status is RunStatus.RUNNING:
             self._resumed(window)
+        if command.evidence is not None and after.status is not before.status and after.status is not RunStatus.RUNNING:
+            # Another run's supervisor held or ended this one and said why (a sub-agent ended with its
+            # parent: ``supervisor/_family.py``): that is the run's last verdict, for ``runvisor why``.
+            window.last_verdict = Verdict(
+                run_id=run_id, reason=after.reason or StopReason.USER_KILLED, evidence=command.evidence,
+                severity="pause" if after.status is RunStatus.PAUSED else "stop", detector=command.issuer,
+                at_seq=command.at_seq or window.last_seq, ts=now, hint=command.note or "",
+            )  # fmt: skip
         window.paused = after.status is RunStatus.PAUSED
         window.stopped = after.status is RunStatus.STOPPED
         window.stop_reason = after.reason
@@ -319,6 +343,7 @@ class Engine:
             updated_at=w.last_ts,
             last_verdict=w.last_verdict,
             signal=w.signal() if w.n else None,
+            parent_run_id=w.parent_run_id,
         )
 
     def _grade(self, window: RunWindow, findings: Iterable[tuple[Verdict, bool]], now: float) -> list[Verdict]:

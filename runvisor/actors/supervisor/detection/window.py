@@ -126,6 +126,7 @@ class RunWindow:
         "obs_brief",
         "pair",
         "pair_count",
+        "parent_run_id",
         "pending",
         "policy",
         "progress",
@@ -191,6 +192,7 @@ class RunWindow:
         # Identity and clocks.
         self.task: str | None = None
         self.agent: str | None = None
+        self.parent_run_id: str | None = None  # the run that started this one as a sub-agent
         self.first_ts: float | None = None
         self.last_ts = 0.0
         self.last_seq = 0
@@ -275,6 +277,7 @@ class RunWindow:
         self.last_ts = max(self.last_ts, state.updated_at)
         self.task = self.task or state.task
         self.agent = self.agent or state.agent
+        self.parent_run_id = self.parent_run_id or state.parent_run_id
         if state.progress is not None:
             self.progress = self.best_progress = state.progress
         self.last_verdict = state.last_verdict
@@ -319,6 +322,9 @@ class RunWindow:
         kind = event.kind
         if kind == "start":
             self.task = event.task or self.task
+            # A run's parent is the one its first start names; a run is never its own parent.
+            if self.parent_run_id is None and event.parent_run_id != self.run_id:
+                self.parent_run_id = event.parent_run_id
         elif kind == "tool_call":
             self._call(event, now)
         elif kind == "tool_result":
