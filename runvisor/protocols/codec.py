@@ -113,6 +113,9 @@ def decode_command(data: bytes, content_type: str | None = None) -> Command:
     return _decode_words(body)
 
 
+_REASONED = ("stop", "pause")
+
+
 def _decode_words(body: bytes) -> Command:
     try:
         text = body.decode("utf-8")
@@ -125,7 +128,9 @@ def _decode_words(body: bytes) -> Command:
     rest = rest.strip()
     first, _, after = rest.partition(" ")
     fields: dict[str, Any] = {"cmd": cmd}
-    if first.upper() in StopReason.__members__:
+    # Only a stop or a pause names its reason; after `kill` or `resume` every word is the note
+    # (`kill timeout too long` is a kill noted "timeout too long", not one for TIMEOUT).
+    if cmd in _REASONED and first.upper() in StopReason.__members__:
         fields["reason"] = first.upper()
         rest = after.strip()
     if rest:

@@ -360,3 +360,11 @@ def test_args_nested_a_thousand_deep_are_a_decode_error_not_a_recursion_error() 
 def test_args_nested_as_deep_as_real_tools_go_are_accepted() -> None:
     event = codec.decode(StepEvent, msgpack.packb(_step(kind="tool_call", args=_nested(50))))
     assert event.args == _nested(50)
+
+
+def test_a_kill_in_plain_words_takes_every_word_as_its_note() -> None:
+    # Hypothesis found `kill completed` read as a kill for COMPLETED with no note.
+    kill = codec.decode_command(b"kill timeout too long")
+    assert (kill.cmd, kill.reason, kill.note) == ("kill", StopReason.USER_KILLED, "timeout too long")
+    assert codec.decode_command(b"kill completed").note == "completed"
+    assert codec.decode_command(b"pause loop_detected check it").reason is StopReason.LOOP_DETECTED
