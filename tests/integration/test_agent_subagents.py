@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from nats.aio.client import Client
+from test_agent import checkpoint
 
-from runvisor import Run
+from runvisor import Run, RunKilled, RunNotResumable, RunStatus, StopReason
+from runvisor.actors.operator import send_command
 from runvisor.protocols import codec, subjects
-from runvisor.protocols.messages import StepEvent
+from runvisor.protocols.messages import Command, StepEvent
 
 pytestmark = pytest.mark.integration
 
@@ -52,3 +56,32 @@ async def test_a_sub_agent_names_its_parent_in_its_start_event_and_keeps_it_on_r
 def test_a_parent_given_by_id_must_be_a_run_id() -> None:
     with pytest.raises(ValueError, match="run_id"):
         Run.start(goal="g", parent="not a run id")
+
+
+async def test_a_sub_agent_ended_by_its_parent_being_killed_is_killed_not_crashed(
+    agent_nc: Client, operator: Client, admin: Client, run_id: str
+) -> None:
+    child_id = f"{run_id}-child"
+
+    # Given a sub-agent whose code calls its parent (a heartbeat) inside its own block,
+    async def family() -> None:
+        async with (
+            Run.start(goal="plan the trip", run_id=run_id, nc=agent_nc) as parent,
+            Run.start(goal="book flights", run_id=child_id, nc=agent_nc, parent=parent) as child,
+        ):
+            await child.llm(tokens_in=10, tokens_out=5)
+            # when an operator kills the parent,
+            await send_command(operator, run_id, Command(cmd="kill", note="enough"))
+            for _ in range(200):
+                await parent.heartbeat()  # raises the parent's RunKilled, through the child's block
+                await asyncio.sleep(0.05)
+
+    with pytest.raises(RunKilled):
+        await family()
+    # then the sub-agent ended killed with its parent, not crashed (which could be resumed).
+    ended = await checkpoint(admin, child_id)
+    assert ended is not None
+    assert (ended.status, ended.stop_reason) == (RunStatus.STOPPED, StopReason.USER_KILLED)
+    with pytest.raises(RunNotResumable):
+        async with Run.resume(child_id, nc=agent_nc):
+            pass

@@ -60,7 +60,7 @@ from runvisor.actors.agent._steps import StepStream
 from runvisor.actors.endpoint import Endpoint
 from runvisor.actors.retry import FailureClassifier
 from runvisor.actors.runtime import Actor
-from runvisor.errors import RunError
+from runvisor.errors import RunError, RunKilled, RunStopped
 from runvisor.protocols import subjects
 from runvisor.protocols.conventions import final_args, heartbeat_args
 from runvisor.protocols.messages import (
@@ -462,6 +462,14 @@ class Run(Actor):
             # Killed or stopped (already recorded by CommandFollower.end): what escaped is that end,
             # or a framework's own wrapping of it (an ExceptionGroup, its cancellation), never a crash.
             await self._finish(ok=False, error=str(self._control.ended))
+            return
+        if isinstance(exc, RunKilled | RunStopped) and exc.run_id and exc.run_id != self.run_id:
+            # Another run's end (a parent's, raised by its call inside this sub-agent's block) ends
+            # this one for the same reason: not a crash of its code, and not resumable if killed.
+            reason = StopReason.USER_KILLED if isinstance(exc, RunKilled) else exc.reason
+            log.warning("run ending with run %s: %s", exc.run_id, exc, extra={"run_id": self.run_id})
+            text = f"ended with run {exc.run_id}: {exc}"
+            await self._finish(ok=False, error=text, status=RunStatus.STOPPED, reason=reason)
             return
         log.error("agent failed: %r", exc, extra={"run_id": self.run_id})
         text = f"{type(exc).__name__}: {exc}"
