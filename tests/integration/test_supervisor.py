@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -998,3 +999,25 @@ async def test_a_run_resumed_after_a_loop_pause_is_judged_again_and_stopped(
     assert spent.cost_usd > 0
     assert stopped.signal is not None
     assert stopped.signal.source == "novelty"
+
+
+async def test_a_lease_lost_says_whether_it_expired_or_was_taken(
+    fresh_admin: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After nats-server was down longer than the TTL, every lease had expired, and each was logged
+    # "lost to another worker" when no other worker existed.
+    js = fresh_admin.jetstream()
+    kv = await js.key_value(subjects.LEASES_BUCKET)
+
+    async def ignore(partition: int) -> None:
+        del partition
+
+    leases = Leases(js, kv, "w-says-why", partitions=2, ttl_s=30, on_gain=ignore, on_lose=ignore)
+    await leases.round()
+    await kv.delete(subjects.lease_key(0))  # as its TTL would
+    await kv.put(subjects.lease_key(1), b"w-other")
+    caplog.set_level(logging.WARNING, logger="runvisor.actors.supervisor.leases")
+    await leases._renew()
+    said = sorted(r.getMessage() for r in caplog.records if r.getMessage().startswith("lease lost"))
+    assert said == ["lease lost: it expired (the server was unreachable, or this worker stalled, for longer "
+                    "than its TTL)", "lease lost: taken by w-other"]  # fmt: skip

@@ -133,8 +133,8 @@ class Leases:
         try:
             revision = await self.kv.update(subjects.lease_key(partition), self._value, last=held.revision)
         except KeyWrongLastSequenceError:
-            if self._held.get(partition) is held and not await self._still_ours(partition, held, started):
-                log.warning("lease lost to another worker", extra={"partition": partition, "worker": self.worker_id})
+            if self._held.get(partition) is held and (lost := await self._still_ours(partition, held, started)):
+                log.warning("lease lost: %s", lost, extra={"partition": partition, "worker": self.worker_id})
                 await self._drop(partition)
         except Exception as exc:
             # Keep trying until the lease goes stale; holds() already refuses to act on it then.
@@ -145,8 +145,9 @@ class Leases:
             held.revision = revision
             held.renewed_at = started
 
-    async def _still_ours(self, partition: int, held: _Held, started: float) -> bool:
-        """After a failed compare-and-set: whether the lease still names this worker, renewing it if so.
+    async def _still_ours(self, partition: int, held: _Held, started: float) -> str | None:
+        """After a failed compare-and-set: None if the lease still names this worker (renewed now),
+        else how it was lost.
 
         A renewal whose write landed but whose reply was lost (a failover, a slow server) leaves the
         revision held one behind; the lease is still this worker's, and dropping it would hand every
@@ -155,14 +156,19 @@ class Leases:
         key = subjects.lease_key(partition)
         try:
             entry = await self.kv.get(key)
-            if entry.value != self._value:
-                return False
+        except (KeyNotFoundError, KeyDeletedError):
+            return "it expired (the server was unreachable, or this worker stalled, for longer than its TTL)"
+        except Exception as exc:
+            return f"it cannot be read ({exc or type(exc).__name__})"
+        if entry.value != self._value:
+            return f"taken by {(entry.value or b'?').decode(errors='replace')}"
+        try:
             revision = await self.kv.update(key, self._value, last=entry.revision)
-        except Exception:  # gone, taken meanwhile, or unreachable: lost, as the caller says
-            return False
+        except Exception as exc:  # taken meanwhile, or unreachable
+            return f"it could not be renewed ({exc or type(exc).__name__})"
         held.revision = revision
         held.renewed_at = started
-        return True
+        return None
 
     async def _acquire(self, target: int) -> None:
         """Take free partitions up to ``target``, trying as many at once as are missing.
