@@ -106,8 +106,8 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, text in (("pause", "pause a run at its next step (state is checkpointed)"),
                        ("resume", "resume a paused run"),
-                       ("kill", "kill a run: its in-flight call is cancelled; it can never resume"),
-                       ("stop", "end a run at its next step, after a call in flight; never resumed")):  # fmt: skip
+                       ("kill", "kill a run and its sub-agents: calls in flight are cancelled; never resumed"),
+                       ("stop", "end a run and its sub-agents at their next step; never resumed")):  # fmt: skip
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("run_id")
         cmd.add_argument("note", nargs="*", help="why, for the record (e.g. 'runaway costs')")
@@ -133,7 +133,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_json_option(steps, "one JSON object a line")
     steps.set_defaults(handler=operator_cli.steps)
 
-    ps = sub.add_parser("ps", help="list runs, most recently active first: status, reason, agent, age, spend")
+    ps = sub.add_parser(
+        "ps",
+        help="list runs, most recently active first: status, reason, agent, age, spend; sub-agents under their parent",
+    )
     ps.add_argument(
         "--status", type=_status, action="append", default=[], metavar="STATUS",
         help="only runs with this status (repeatable): running, paused, stopped, completed",
