@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import signal
 import sys
@@ -20,7 +21,7 @@ from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware, AgentState
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage, messages_from_dict
 from langchain_core.messages.tool import tool_call
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool, tool
@@ -89,7 +90,7 @@ def user(text: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}]}
 
 
-def seen(messages: list[AnyMessage]) -> list[tuple[object, ...]]:
+def seen(messages: Sequence[BaseMessage]) -> list[tuple[object, ...]]:
     """What an agent's messages say, without the ids LangChain makes up for each run."""
     return [
         (
@@ -709,3 +710,134 @@ async def test_a_sync_invoke_is_passed_through_outside_a_run_and_refused_inside_
     async with Run.start(goal="g", run_id=run_id, nc=agent_nc):
         with pytest.raises(RuntimeError, match="ainvoke"):
             agent_on([answering("hello")], []).invoke(user("hi"))
+
+
+CONTINUED_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from pathlib import Path
+    from langchain.agents import create_agent
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import AIMessage, messages_to_dict
+    from langchain_core.outputs import ChatGeneration, ChatResult
+    from langchain_core.tools import tool
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+    from runvisor import Run
+    from runvisor.adapters.langgraph import RunvisorMiddleware, resume_command
+    from runvisor.testing import eventually
+
+    session, run_id, db, log = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
+    CONFIG = {"configurable": {"thread_id": "t1"}}
+    TASK = {"messages": [{"role": "user", "content": "write them"}]}
+    REPLIES = [
+        AIMessage(content="", tool_calls=[{"name": "write", "args": {"path": "a.txt"}, "id": "write-1"}]),
+        AIMessage(content="", tool_calls=[{"name": "write", "args": {"path": "b.txt"}, "id": "write-2"}]),
+        AIMessage(content="both written"),
+    ]
+
+    def note(line):
+        with log.open("a") as out:
+            out.write(f"{session} {line}\\n")
+
+    class Model(BaseChatModel):
+        # Stateless, as a model API is: it answers the turn the conversation it is sent has reached.
+        @property
+        def _llm_type(self):
+            return "scripted"
+
+        def bind_tools(self, tools, **kwargs):
+            return self
+
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            turn = sum(isinstance(m, AIMessage) for m in messages)
+            note(f"asked {turn}")
+            return ChatResult(generations=[ChatGeneration(message=REPLIES[turn])])
+
+    @tool
+    async def write(path: str) -> str:
+        \"\"\"Write a file.\"\"\"
+        note(f"wrote {path}")
+        if session == "A":  # the operator pauses the run while the first file is written
+            await eventually(lambda: Run.current().paused, what="the pause")
+        return f"wrote {path}"
+
+    async def main():
+        async with AsyncSqliteSaver.from_conn_string(db) as saver:
+            agent = create_agent(Model(), [write], middleware=[RunvisorMiddleware()], checkpointer=saver)
+            if session == "A":
+                async with Run.start(goal="write both", run_id=run_id, agent="writer"):
+                    result = await agent.ainvoke(TASK, CONFIG)
+                print(json.dumps([{"id": i.id, "value": i.value} for i in result["__interrupt__"]]))
+            else:
+                async with Run.resume(run_id, agent="writer") as run:
+                    await run.obey()
+                    pending = (await agent.aget_state(CONFIG)).interrupts
+                    result = await agent.ainvoke(resume_command(pending), CONFIG)
+                messages = messages_to_dict(result["messages"])
+                print(json.dumps({"pending": [i.id for i in pending], "messages": messages}))
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_graph_paused_in_one_process_is_continued_in_another_from_a_sqlite_checkpointer(
+    server: EmbeddedServer, admin: Client, operator: Client, run_id: str, tmp_path: Path
+) -> None:
+    unpaused = PausedMidway(operator, run_id, pausing=False)
+    baseline = await agent_on(unpaused.script(), unpaused.tools, supervised=False).ainvoke(user("write them"))
+    db, log = tmp_path / "graph.sqlite", tmp_path / "log.txt"
+    env = {**os.environ, "NATS_URL": server.url, "RV_AGENT_PASSWORD": server.credentials.passwords["agent"]}
+
+    def logged() -> list[str]:
+        return log.read_text().splitlines() if log.exists() else []
+
+    async def session(name: str) -> bytes:
+        """Process ``name`` runs the agent (see CONTINUED_SCRIPT) to its exit; the first pauses when it writes a.txt."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CONTINUED_SCRIPT, name, run_id, str(db), str(log), env=env, cwd=REPO,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            if name == "A":
+                await eventually(lambda: "A wrote a.txt" in logged() or proc.returncode is not None, timeout=20)
+                await send_command(operator, run_id, Command(cmd="pause", note="let me look"))
+            out, err = await asyncio.wait_for(proc.communicate(), 20)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == 0, err.decode()
+        return out
+
+    # Given process A, paused by the operator while its tool writes the first file
+    out = await session("A")
+    # Then its graph was interrupted before the next model request, and it left the run PAUSED
+    [pause] = json.loads(out)
+    assert pause["value"] == {
+        "runvisor": "pause", "run_id": run_id, "reason": "USER_PAUSED", "at": "model request",
+        "issuer": "operator", "note": "let me look",
+    }  # fmt: skip
+    cp = await checkpoint(admin, run_id)
+    assert cp is not None
+    assert (cp.status, cp.stop_reason) == (RunStatus.PAUSED, StopReason.USER_PAUSED)
+    assert all(e.kind != "final" for e in await stored_steps(admin, run_id))
+
+    # When the operator resumes the run and process B continues it from the same sqlite file
+    await send_command(operator, run_id, Command(cmd="resume", note="go on"))
+    out = await session("B")
+
+    # Then B found A's pending interrupt on disk and ran the graph to the unpaused run's end
+    continued = json.loads(out)
+    assert continued["pending"] == [pause["id"]]
+    assert seen(messages_from_dict(continued["messages"])) == seen(baseline["messages"])
+    assert logged() == ["A asked 0", "A wrote a.txt", "B asked 1", "B wrote b.txt", "B asked 2"], (
+        "each model turn asked, and each file written, once"
+    )
+    cp = await checkpoint(admin, run_id)
+    assert cp is not None
+    assert cp.status == RunStatus.COMPLETED
+    events = await stored_steps(admin, run_id)
+    assert [e.call_id for e in events if e.kind == "tool_result"] == ["write-1", "write-2"]
+    assert sum(e.kind == "llm" for e in events) == 3
+    assert events[-1].kind == "final"
