@@ -110,9 +110,10 @@ async def direct_get_step(nc: Client, request: dict[str, str]) -> Msg | None:
     raise RuntimeError(f"direct get {request} failed: {headers}")
 
 
-def stored_before(first: Msg | None, stream_seq: int) -> bool:
-    """Whether ``first``, a run's first step in ``RV_STEPS`` (``next_by_subj`` of a direct get), was
-    stored before stream sequence ``stream_seq``: the run had steps before that one."""
+async def stored_before(nc: Client, partition: int, run_id: str, stream_seq: int) -> bool:
+    """Whether ``RV_STEPS`` holds a step of the run stored before stream sequence ``stream_seq``
+    (one direct get: the run's first step)."""
+    first = await direct_get_step(nc, {"next_by_subj": subjects.stored_step(partition, run_id)})
     return first is not None and int((first.headers or {})["Nats-Sequence"]) < stream_seq
 
 

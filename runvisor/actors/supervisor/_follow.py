@@ -65,7 +65,6 @@ class Followers:
     def __init__(
         self, nc: Client, steps_nc: Client, holds: Callable[[int], bool], handle: StepHandler,
         lookback_s: float, clock: Callable[[], float], worker_id: str,
-        delivered: Callable[[int, Msg], None] | None = None,
     ) -> None:  # fmt: skip
         """Args:
         nc: the worker's main connection (direct gets: where a partition's history begins and ends).
@@ -75,13 +74,11 @@ class Followers:
         lookback_s: how far back a new consumer starts.
         clock: wall clock (seconds).
         worker_id: for logs.
-        delivered: told of each step as it is queued, before it is judged (see ``_lookahead``).
         """
         self._nc = nc
         self._steps_js: JetStreamContext = steps_nc.jetstream()
         self._holds = holds
         self._handle = handle
-        self._delivered = delivered
         self.lookback_s = lookback_s
         self._clock = clock
         self._worker_id = worker_id
@@ -226,8 +223,6 @@ class Followers:
             await self._room.wait()
         self._queue.append((partition, follower, msg))
         self._queued.set()
-        if self._delivered is not None:
-            self._delivered(partition, msg)
 
     async def _judge_queued(self) -> None:
         """Judge delivered steps in order, one at a time, handing the loop back every ``SLICE_S``."""

@@ -36,7 +36,6 @@ from runvisor.actors.streams.steps import direct_get_step, stored_before
 from runvisor.actors.supervisor._decide import Decisions
 from runvisor.actors.supervisor._family import FamilyLink
 from runvisor.actors.supervisor._follow import Followers
-from runvisor.actors.supervisor._lookahead import Found, LookAhead
 from runvisor.actors.supervisor._metrics import LAG_EVERY_S, Measures
 from runvisor.actors.supervisor._rejections import Rejections
 from runvisor.actors.supervisor.detection.engine import Engine
@@ -117,7 +116,6 @@ class SupervisorWorker(Actor):
         self._family: FamilyLink | None = None  # sub-agents' spending and ends (``_family``)
         self._js: JetStreamContext | None = None
         self._followers: Followers | None = None
-        self.lookahead = LookAhead(self._read_run, lambda run_id: run_id in self.engine.windows)
         self._runs_kv: KeyValue | None = None
         self._leases: Leases | None = None
         self._unwritable = Sparing(UNWRITABLE_LOG_EVERY_S)
@@ -175,9 +173,8 @@ class SupervisorWorker(Actor):
         # Steps are timed only for metrics: a worker without them pays nothing per step.
         judge = self._step if self.metrics is None else self.measures.timed(self._step)
         self._followers = Followers(
-            self.nc, steps_nc, self.leases.holds, judge, self.lookback_s, self.clock, self.worker_id,
-            delivered=self.lookahead.delivered,
-        )  # fmt: skip
+            self.nc, steps_nc, self.leases.holds, judge, self.lookback_s, self.clock, self.worker_id
+        )
         if self.metrics is not None:
             self.metrics.watch(self.worker_id, self.snapshot)
         await self.nc.subscribe(subjects.CTL_ALL, cb=self._on_command)
@@ -229,14 +226,6 @@ class SupervisorWorker(Actor):
     def _dirty_add(self, run_id: str) -> None:
         self._dirty.add(run_id)
 
-    async def _read_run(self, partition: int, run_id: str) -> Found:
-        """A run's first step in ``RV_STEPS`` and its state in ``rv_runs``, read together (see ``_lookahead``)."""
-        first, stored = await asyncio.gather(
-            direct_get_step(self.nc, {"next_by_subj": subjects.stored_step(partition, run_id)}),
-            self._stored_state(run_id),
-        )
-        return first, stored
-
     @property
     def followers(self) -> Followers:
         assert self._followers is not None, "the worker is not started"
@@ -255,7 +244,6 @@ class SupervisorWorker(Actor):
         # owner will read are written first, unless this worker's own view was still incomplete.
         complete = not self.followers.catching_up(partition)
         await self.followers.stop(partition)
-        self.lookahead.drop(partition)
         await self.family.unfollow(partition)
         gone = [run for run in self.engine.windows if subjects.partition_of(run, self.partitions) == partition]
         if complete and self.leases.holds(partition):
@@ -280,8 +268,7 @@ class SupervisorWorker(Actor):
         now = self.last_at = self.clock()
         if self.first_at is None:
             self.first_at = now
-        known = event.run_id in self.engine.windows
-        if not known and event.seq > 1 and event.kind != "start":
+        if event.seq > 1 and event.kind != "start" and event.run_id not in self.engine.windows:
             await self._recall(partition, event.run_id, now)
         if event.kind == "start":
             screened = await self._screen_start(partition, msg, event, now, replayed=stored_at is not None)
@@ -292,8 +279,6 @@ class SupervisorWorker(Actor):
         # given a fresh stall timeout by being replayed.
         verdicts = self.engine.observe(event, now if stored_at is None else min(now, stored_at))
         self._dirty.add(event.run_id)
-        if not known:  # a read started while this step waited is stale now: the run has a window
-            self.lookahead.forget(event.run_id)
         if verdicts:
             for verdict in verdicts:
                 await self.decisions.decide(verdict, stored_at)
@@ -309,12 +294,12 @@ class SupervisorWorker(Actor):
         run_id = event.run_id
         if run_id not in self.engine.windows:
             try:
-                found = await self.lookahead.found(partition, run_id)
+                seen_before = await stored_before(self.nc, partition, run_id, msg.metadata.sequence.stream)
             except Exception as exc:  # judged as a new run, as before this check
                 log.warning("earlier steps not looked for: %s", exc, extra={"run_id": run_id, "worker": self.worker_id})
-                found = (None, None)
-            if stored_before(found[0], msg.metadata.sequence.stream):
-                self._recalled(run_id, found, now)
+                seen_before = False
+            if seen_before:
+                await self._recall(partition, run_id, now)
         window = self.engine.windows.get(run_id)
         if window is None or not (window.events or window.last_seq):
             return event  # the run's first start (a window may hold only a command): its policy stands
@@ -330,14 +315,11 @@ class SupervisorWorker(Actor):
         """Before judging a run first seen mid-way, recall its policy from its ``start`` event in
         ``RV_STEPS`` and what it spent, and how it ended, from ``rv_runs`` (see ``Engine.recall``)."""
         try:
-            found = await self.lookahead.found(partition, run_id)
+            first = await direct_get_step(self.nc, {"next_by_subj": subjects.stored_step(partition, run_id)})
+            stored = await self._stored_state(run_id)
         except Exception as exc:  # judged from here on, as before there was anything to recall
             log.warning("cannot recall run %s: %s", run_id, exc, extra={"worker": self.worker_id})
             return
-        self._recalled(run_id, found, now)
-
-    def _recalled(self, run_id: str, found: Found, now: float) -> None:
-        first, stored = found
         try:
             start = codec.decode(StepEvent, first.data) if first is not None else None
         except DecodeError:
