@@ -28,10 +28,11 @@ from runvisor import Run, RunKilled, RunStopped
 from runvisor.actors.connection import connect
 from runvisor.actors.operator import send_command
 from runvisor.actors.server import EmbeddedServer
+from runvisor.actors.streams.runs import stored_state
 from runvisor.actors.supervisor import SupervisorWorker
 from runvisor.adapters.pydantic_ai import runvisor_capability
 from runvisor.protocols import codec, subjects
-from runvisor.protocols.messages import Checkpoint, Command, StepEvent
+from runvisor.protocols.messages import Checkpoint, Command, RunState, StepEvent
 from runvisor.protocols.policy import Policy
 from runvisor.protocols.reasons import RunStatus, StopReason
 from runvisor.testing import eventually
@@ -559,3 +560,98 @@ async def test_importing_the_adapter_without_pydantic_ai_names_the_extra() -> No
     assert proc.returncode == 1
     assert "ImportError" in err.decode()
     assert "pip install 'runvisor[pydantic-ai]'" in err.decode()
+
+
+#: $10 per million input tokens, none for output: a model call of ``calling()``'s 1000 tokens in costs $0.01.
+DELEGATION_PRICES = {"planner": (10.0, 0.0), "researcher": (10.0, 0.0)}
+
+
+async def test_a_sub_agent_delegated_to_from_a_tool_reports_to_its_own_run_and_is_stopped_by_the_parents_budget(
+    server: EmbeddedServer, agent_nc: Client, admin: Client, run_id: str
+) -> None:
+    # Given a researcher agent that reads this repository's sources one by one, $0.01 a model call,
+    sources = [
+        str(path.relative_to(REPO)) for top in ("runvisor", "tests") for path in sorted((REPO / top).rglob("*.py"))
+    ]
+
+    async def researching(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        n = turns(messages)
+        if n == len(sources):
+            return answering("read them all")  # not reached while the parent's budget holds
+        return calling(("read", {"path": sources[n]}, f"read-{n}"))
+
+    researcher = Agent(FunctionModel(researching, model_name="researcher"), capabilities=[runvisor_capability()])
+
+    @researcher.tool_plain
+    async def read(path: str) -> str:
+        return (REPO / path).read_text()[:2000]
+
+    # and a planner that delegates to it from a tool (PydanticAI's "agent delegation"), in a sub-agent run,
+    async def planning(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if turns(messages) == 0:
+            return calling(("research", {"question": "where is the parser?"}, "research-1"))
+        return answering(f"found: {returns(messages)}")
+
+    planner = Agent(FunctionModel(planning, model_name="planner"), capabilities=[runvisor_capability()])
+    children: list[Run] = []
+    child_ends: list[RunStopped] = []
+
+    @planner.tool_plain
+    async def research(question: str) -> str:
+        async with Run.start("research the parser", parent=Run.current(), nc=agent_nc, prices=DELEGATION_PRICES) as sub:
+            children.append(sub)
+            try:
+                return (await researcher.run(question)).output
+            except RunStopped as stopped:
+                child_ends.append(stopped)
+                raise
+
+    # when the planner, allowed $0.05, spends $0.01 and its sub-agent goes on spending,
+    budget = Policy(max_cost_usd=0.05)
+    async with supervisor(server):
+        with pytest.raises(RunStopped) as parent_end:
+            async with Run.start("plan", budget, run_id, nc=agent_nc, prices=DELEGATION_PRICES):
+                await planner.run("Where is the JSON parser?")
+        judged = await eventually(lambda: _stopped_state(admin, run_id), what="the parent's stop in rv_runs")
+
+    # then the sub-agent's model and tool calls are its own run's steps, and it names its parent,
+    [child] = children
+    assert child.parent_run_id == run_id
+    child_events = await stored_steps(admin, child.run_id)
+    assert child_events[0].kind == "start"
+    assert child_events[0].parent_run_id == run_id
+    child_costs = [e.cost_usd for e in child_events if e.kind == "llm"]
+    assert child_costs == [pytest.approx(0.01)] * len(child_costs), "priced by the sub-agent's run"
+    assert sum(cost or 0.0 for cost in child_costs) > 0.05 - 0.01, "more than the parent had left"
+    assert any(e.kind == "tool_call" and e.tool == "read" for e in child_events)
+    parent_events = await stored_steps(admin, run_id)
+    assert [(e.kind, e.tool) for e in parent_events if e.kind in ("llm", "tool_call")] == [
+        ("llm", None),
+        ("tool_call", "research"),
+    ], "the planner's one model call and its delegation: none of the researcher's"
+    # the parent's budget stopped the sub-agent, raised out of the researcher's agent.run(),
+    [stopped] = child_ends
+    assert (stopped.reason, stopped.run_id) == (StopReason.BUDGET_EXCEEDED, child.run_id)
+    assert stopped.evidence is not None
+    assert f"its parent run {run_id} was stopped (BUDGET_EXCEEDED)" in stopped.evidence.summary
+    assert "cost budget exceeded by the run and its 1 sub-agent:" in stopped.evidence.summary
+    assert "(policy max_cost_usd" in stopped.evidence.summary
+    child_cp = await checkpoint(admin, child.run_id)
+    assert child_cp is not None
+    assert (child_cp.status, child_cp.stop_reason) == (RunStatus.STOPPED, StopReason.BUDGET_EXCEEDED)
+    assert (child_events[-1].kind, child_events[-1].ok) == ("final", False)
+    # and the parent too, for its family's spending.
+    assert parent_end.value.reason is StopReason.BUDGET_EXCEEDED
+    cp = await checkpoint(admin, run_id)
+    assert cp is not None
+    assert (cp.status, cp.stop_reason) == (RunStatus.STOPPED, StopReason.BUDGET_EXCEEDED)
+    assert judged.stop_reason is StopReason.BUDGET_EXCEEDED
+    verdict = judged.last_verdict
+    assert verdict is not None
+    assert (verdict.detector, verdict.severity, verdict.reason) == ("family_budget", "stop", StopReason.BUDGET_EXCEEDED)
+    assert "cost budget exceeded by the run and its 1 sub-agent:" in verdict.evidence.summary
+
+
+async def _stopped_state(admin: Client, run_id: str) -> RunState | None:
+    state = await stored_state(admin, run_id)
+    return state if state is not None and state.status is RunStatus.STOPPED else None
