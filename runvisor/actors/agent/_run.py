@@ -458,6 +458,12 @@ class Run(Actor):
             await self._finish(ok=True, status=RunStatus.COMPLETED, reason=StopReason.COMPLETED)
 
     async def on_failure(self, exc: BaseException) -> None:
+        terminal = self._control.controls.terminal
+        if self._control.ended is None and terminal is not None:
+            # A kill or stop of this run had arrived and not yet been obeyed when something else
+            # ended the block (a sub-agent's stop for the same budget): the run ends as commanded.
+            with contextlib.suppress(RunError):
+                await self._control.end(terminal)
         if self._control.ended is not None:
             # Killed or stopped (already recorded by CommandFollower.end): what escaped is that end,
             # or a framework's own wrapping of it (an ExceptionGroup, its cancellation), never a crash.
