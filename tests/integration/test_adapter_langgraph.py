@@ -32,7 +32,8 @@ from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.types import Command as LgCommand
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError
+from test_agent import all_stored_steps as stored_steps
+from test_agent import checkpoint, has_status
 
 from runvisor import Run, RunKilled, RunNotResumable, RunStopped
 from runvisor.actors.connection import connect
@@ -40,7 +41,6 @@ from runvisor.actors.operator import send_command
 from runvisor.actors.server import EmbeddedServer
 from runvisor.actors.supervisor import SupervisorWorker
 from runvisor.adapters.langgraph import RunvisorCallbackHandler, RunvisorMiddleware, is_pause, resume_command
-from runvisor.protocols import codec, subjects
 from runvisor.protocols.messages import Checkpoint, Command, StepEvent
 from runvisor.protocols.policy import Policy
 from runvisor.protocols.reasons import RunStatus, StopReason
@@ -102,35 +102,6 @@ def seen(messages: Sequence[BaseMessage]) -> list[tuple[object, ...]]:
         )
         for m in messages
     ]
-
-
-async def checkpoint(admin: Client, run_id: str) -> Checkpoint | None:
-    kv = await admin.jetstream().key_value(subjects.CHECKPOINTS_BUCKET)
-    try:
-        entry = await kv.get(run_id)
-    except KeyNotFoundError:
-        return None
-    return codec.decode(Checkpoint, entry.value) if entry.value else None
-
-
-async def stored_steps(admin: Client, run_id: str) -> list[StepEvent]:
-    """Every step of the run stored so far, in stream order."""
-    subject = subjects.stored_step(subjects.partition_of(run_id), run_id)
-    sub = await admin.jetstream().subscribe(subject, stream=subjects.STEPS_STREAM, ordered_consumer=True)
-    events: list[StepEvent] = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=WAIT_S)
-            events.append(codec.decode(StepEvent, msg.data))
-            if msg.metadata.num_pending == 0:
-                return events
-    finally:
-        await sub.unsubscribe()
-
-
-async def status_is(admin: Client, run_id: str, status: RunStatus) -> bool:
-    cp = await checkpoint(admin, run_id)
-    return cp is not None and cp.status == status
 
 
 def said(events: list[StepEvent]) -> list[str]:
@@ -303,7 +274,7 @@ async def test_pause_interrupts_the_graph_and_resume_continues_it_with_the_same_
         assert run.suspended
         # When the agent waits for the operator in this process, the run holds as PAUSED
         holding = asyncio.create_task(run.obey())
-        await eventually(lambda: status_is(admin, run_id, RunStatus.PAUSED), what="a PAUSED checkpoint")
+        await eventually(lambda: has_status(admin, run_id, RunStatus.PAUSED), what="a PAUSED checkpoint")
         assert not holding.done()
         await send_command(operator, run_id, Command(cmd="resume"))
         await asyncio.wait_for(holding, WAIT_S)
@@ -465,7 +436,7 @@ async def test_without_a_checkpointer_a_pause_holds_in_place(
     scene = PausedMidway(operator, run_id)
     async with Run.start(goal="write both", run_id=run_id, nc=agent_nc) as run:
         going = asyncio.create_task(agent_on(scene.script(), scene.tools).ainvoke(user("write them")))
-        await eventually(lambda: status_is(admin, run_id, RunStatus.PAUSED), what="a PAUSED checkpoint")
+        await eventually(lambda: has_status(admin, run_id, RunStatus.PAUSED), what="a PAUSED checkpoint")
         assert scene.asked == 1
         assert not run.suspended, "nothing to suspend: the graph could not be continued elsewhere"
         await send_command(operator, run_id, Command(cmd="resume"))

@@ -20,7 +20,8 @@ from agents.exceptions import UserError
 from agents.testing import ScriptedModel, assistant_message, function_call
 from agents.testing.model import ModelScriptItem
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError
+from test_agent import all_stored_steps as stored_steps
+from test_agent import checkpoint, has_status
 
 from runvisor import Policy, Run, RunKilled, RunStopped
 from runvisor.actors.connection import connect
@@ -28,7 +29,6 @@ from runvisor.actors.operator import send_command
 from runvisor.actors.server import EmbeddedServer
 from runvisor.actors.supervisor import SupervisorWorker
 from runvisor.adapters.openai_agents import runvisor_hooks, supervised
-from runvisor.protocols import codec, subjects
 from runvisor.protocols.messages import Checkpoint, Command, StepEvent
 from runvisor.protocols.reasons import RunStatus, StopReason
 from runvisor.testing import eventually
@@ -61,35 +61,6 @@ def scripted(*turns: ModelScriptItem) -> ScriptedModel:
 
 def offline(model: Model) -> RunConfig:
     return RunConfig(model_provider=Offline(model))
-
-
-async def checkpoint(admin: Client, run_id: str) -> Checkpoint | None:
-    kv = await admin.jetstream().key_value(subjects.CHECKPOINTS_BUCKET)
-    try:
-        entry = await kv.get(run_id)
-    except KeyNotFoundError:
-        return None
-    return codec.decode(Checkpoint, entry.value) if entry.value else None
-
-
-async def stored_steps(admin: Client, run_id: str) -> list[StepEvent]:
-    """Every step of the run stored so far, in stream order."""
-    subject = subjects.stored_step(subjects.partition_of(run_id), run_id)
-    sub = await admin.jetstream().subscribe(subject, stream=subjects.STEPS_STREAM, ordered_consumer=True)
-    events: list[StepEvent] = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=WAIT_S)
-            events.append(codec.decode(StepEvent, msg.data))
-            if msg.metadata.num_pending == 0:
-                return events
-    finally:
-        await sub.unsubscribe()
-
-
-async def status_is(admin: Client, run_id: str, status: RunStatus) -> bool:
-    cp = await checkpoint(admin, run_id)
-    return cp is not None and cp.status == status
 
 
 def calls(events: Iterable[StepEvent]) -> list[tuple[str, str | None, str | None]]:
@@ -243,7 +214,7 @@ async def test_a_pause_holds_the_next_model_request_and_resume_goes_on_with_the_
     await eventually(lambda: runs[0].paused, what="the pause received")
     release.set()
     # Then the run holds before asking the model again
-    await eventually(lambda: status_is(admin, run_id, RunStatus.PAUSED), what="a PAUSED checkpoint")
+    await eventually(lambda: has_status(admin, run_id, RunStatus.PAUSED), what="a PAUSED checkpoint")
     assert len(model.calls) == 1
     assert pages == [1]
     paused = await checkpoint(admin, run_id)

@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError
 from pydantic_ai import Agent, ModelRetry
 from pydantic_ai.exceptions import CallDeferred
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.tools import DeferredToolRequests
 from pydantic_ai.usage import RequestUsage
+from test_agent import all_stored_steps as stored_steps
+from test_agent import checkpoint, has_status
 
 from runvisor import Run, RunKilled, RunStopped
 from runvisor.actors.connection import connect
@@ -31,8 +32,7 @@ from runvisor.actors.server import EmbeddedServer
 from runvisor.actors.streams.runs import stored_state
 from runvisor.actors.supervisor import SupervisorWorker
 from runvisor.adapters.pydantic_ai import runvisor_capability
-from runvisor.protocols import codec, subjects
-from runvisor.protocols.messages import Checkpoint, Command, RunState, StepEvent
+from runvisor.protocols.messages import Checkpoint, Command, RunState
 from runvisor.protocols.policy import Policy
 from runvisor.protocols.reasons import RunStatus, StopReason
 from runvisor.testing import eventually
@@ -43,35 +43,6 @@ REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 10.0
 #: A model function: the conversation so far, in; the model's next response, out.
 Script = Callable[[list[ModelMessage], AgentInfo], Awaitable[ModelResponse]]
-
-
-async def checkpoint(admin: Client, run_id: str) -> Checkpoint | None:
-    kv = await admin.jetstream().key_value(subjects.CHECKPOINTS_BUCKET)
-    try:
-        entry = await kv.get(run_id)
-    except KeyNotFoundError:
-        return None
-    return codec.decode(Checkpoint, entry.value) if entry.value else None
-
-
-async def stored_steps(admin: Client, run_id: str) -> list[StepEvent]:
-    """Every step of the run stored so far, in stream order."""
-    subject = subjects.stored_step(subjects.partition_of(run_id), run_id)
-    sub = await admin.jetstream().subscribe(subject, stream=subjects.STEPS_STREAM, ordered_consumer=True)
-    events: list[StepEvent] = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=WAIT_S)
-            events.append(codec.decode(StepEvent, msg.data))
-            if msg.metadata.num_pending == 0:
-                return events
-    finally:
-        await sub.unsubscribe()
-
-
-async def status_is(admin: Client, run_id: str, status: RunStatus) -> bool:
-    cp = await checkpoint(admin, run_id)
-    return cp is not None and cp.status == status
 
 
 def turns(messages: list[ModelMessage]) -> int:
@@ -269,7 +240,7 @@ async def test_pause_holds_at_the_next_model_request_and_resume_goes_on_with_the
     await eventually(lambda: runs[0].paused, what="the pause received")
     go.set()
     # Then the call finishes and is recorded, and the run holds before the model is asked again
-    await eventually(lambda: status_is(admin, run_id, RunStatus.PAUSED), what="a PAUSED checkpoint")
+    await eventually(lambda: has_status(admin, run_id, RunStatus.PAUSED), what="a PAUSED checkpoint")
     assert len(asked) == 1
     paused = await checkpoint(admin, run_id)
     assert paused is not None

@@ -89,6 +89,11 @@ async def checkpoint(admin: Client, run_id: str) -> Checkpoint | None:
     return codec.decode(Checkpoint, entry.value) if entry.value else None
 
 
+async def has_status(admin: Client, run_id: str, status: RunStatus) -> bool:
+    cp = await checkpoint(admin, run_id)
+    return cp is not None and cp.status == status
+
+
 def status_is(admin: Client, run_id: str, status: RunStatus) -> Callable[[], Awaitable[Checkpoint | None]]:
     async def probe() -> Checkpoint | None:
         cp = await checkpoint(admin, run_id)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError
+from test_agent import all_stored_steps as stored_steps
+from test_agent import checkpoint
 
 from runvisor import Run, RunError, RunKilled, supervised_tool
 from runvisor.actors.agent._limits import args_digest
@@ -22,7 +23,6 @@ from runvisor.actors.connection import connect
 from runvisor.actors.operator import send_command
 from runvisor.actors.server import EmbeddedServer
 from runvisor.actors.tools import ToolExecutor, ToolRegistry
-from runvisor.protocols import codec, subjects
 from runvisor.protocols.messages import Checkpoint, Command, StepEvent
 from runvisor.protocols.reasons import RunStatus, StopReason
 from runvisor.testing import eventually
@@ -31,30 +31,6 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 10.0
-
-
-async def checkpoint(admin: Client, run_id: str) -> Checkpoint | None:
-    kv = await admin.jetstream().key_value(subjects.CHECKPOINTS_BUCKET)
-    try:
-        entry = await kv.get(run_id)
-    except KeyNotFoundError:
-        return None
-    return codec.decode(Checkpoint, entry.value) if entry.value else None
-
-
-async def stored_steps(admin: Client, run_id: str) -> list[StepEvent]:
-    """Every step of the run stored so far, in stream order."""
-    subject = subjects.stored_step(subjects.partition_of(run_id), run_id)
-    sub = await admin.jetstream().subscribe(subject, stream=subjects.STEPS_STREAM, ordered_consumer=True)
-    events: list[StepEvent] = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=WAIT_S)
-            events.append(codec.decode(StepEvent, msg.data))
-            if msg.metadata.num_pending == 0:
-                return events
-    finally:
-        await sub.unsubscribe()
 
 
 def calls(events: list[StepEvent]) -> list[StepEvent]:
