@@ -15,15 +15,9 @@ call) is timed too. Prints p50 milliseconds each way, and the difference.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import itertools
-import json
-import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from langchain.agents import create_agent
@@ -38,9 +32,8 @@ from langgraph.prebuilt.tool_node import ToolCallRequest
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
+from bench._overhead import agent_connection, main, overheads
 from runvisor.actors.agent import Run
-from runvisor.actors.connection import connect
-from runvisor.actors.server import EmbeddedServer, provision
 from runvisor.adapters.langgraph import RunvisorMiddleware
 
 
@@ -108,37 +101,19 @@ async def measure(calls: int = 200) -> dict[str, float]:
     """p50 milliseconds per model call and per tool call, without and with the adapter, and what it adds."""
     plain, supervised = _Timings(), _Timings()
     plain_agent, supervised_agent = _agent(plain, supervised=False), _agent(supervised, supervised=True)
-    with tempfile.TemporaryDirectory(prefix="runvisor-bench-langgraph-") as tmp:
-        async with EmbeddedServer(Path(tmp)) as server:
-            admin = await connect(server.endpoint("admin"), "bench-langgraph")
-            await provision(admin)
-            agent_nc = await connect(server.endpoint("agent"), "bench-langgraph-agent")
-            try:
-                async with Run.start(goal="bench", nc=agent_nc):
-                    for _ in range(calls):  # interleaved, so a busy machine slows both alike
-                        await plain.run(plain_agent)
-                        await supervised.run(supervised_agent)
-            finally:
-                await agent_nc.close()
-                await admin.close()
-    result = {"calls": float(calls)}
-    for name, without, with_adapter in (
-        ("model_call", plain.model_ms, supervised.model_ms),
-        ("tool_call", plain.tool_ms, supervised.tool_ms),
-        ("agent_run", plain.run_ms, supervised.run_ms),
-    ):
-        result[f"{name}_p50_ms"] = statistics.median(without)
-        result[f"{name}_supervised_p50_ms"] = statistics.median(with_adapter)
-        result[f"{name}_overhead_ms"] = result[f"{name}_supervised_p50_ms"] - result[f"{name}_p50_ms"]
-    return {key: round(value, 4) for key, value in result.items()}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--calls", type=int, default=200, help="agent runs each way (one model+tool call each)")
-    args = parser.parse_args()
-    print(json.dumps(asyncio.run(measure(args.calls)), indent=2))
+    async with agent_connection("langgraph") as agent_nc, Run.start(goal="bench", nc=agent_nc):
+        for _ in range(calls):  # interleaved, so a busy machine slows both alike
+            await plain.run(plain_agent)
+            await supervised.run(supervised_agent)
+    return overheads(
+        calls,
+        (
+            ("model_call", plain.model_ms, supervised.model_ms),
+            ("tool_call", plain.tool_ms, supervised.tool_ms),
+            ("agent_run", plain.run_ms, supervised.run_ms),
+        ),
+    )
 
 
 if __name__ == "__main__":
-    main()
+    main(measure, __doc__)

@@ -18,13 +18,8 @@ each way, and the difference.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from agents import (
@@ -42,9 +37,8 @@ from agents import (
 from agents.run_context import AgentHookContext
 from agents.testing import ScriptedModel, assistant_message, function_call
 
+from bench._overhead import agent_connection, main, overheads
 from runvisor.actors.agent import Run
-from runvisor.actors.connection import connect
-from runvisor.actors.server import EmbeddedServer, provision
 from runvisor.adapters.openai_agents import runvisor_hooks, supervised
 
 
@@ -114,44 +108,25 @@ async def measure(calls: int = 200) -> dict[str, float]:
     """p50 milliseconds per model call and per tool call, without and with the adapter, and what it adds."""
     set_tracing_disabled(True)  # the SDK would send traces to OpenAI
     plain, attached, held = _Timings(), _Timings(), _Timings()
-    with tempfile.TemporaryDirectory(prefix="runvisor-bench-openai-agents-") as tmp:
-        async with EmbeddedServer(Path(tmp)) as server:
-            admin = await connect(server.endpoint("admin"), "bench-openai-agents")
-            await provision(admin)
-            agent_nc = await connect(server.endpoint("agent"), "bench-openai-agents-agent")
-            try:
-                async with Run.start(goal="bench", nc=agent_nc) as run:
-                    # The scripted model has no name of its own: given, so each llm step is priced.
-                    hooks = runvisor_hooks(run, model="gpt-4o-mini")
-                    for _ in range(calls):  # interleaved, so a busy machine slows both alike
-                        await plain.run(_agent(tool_supervised=False), RunHooks[Any]())
-                        await attached.run(_agent(tool_supervised=True), hooks)
-                        await held.run(_agent(tool_supervised=False), hooks)
-            finally:
-                await agent_nc.close()
-                await admin.close()
-    result = {"calls": float(calls)}
-    for name, without, with_adapter in (
-        ("model_call", plain.model_ms, attached.model_ms),
-        ("tool_call", plain.tool_ms, attached.tool_ms),
-        ("agent_run", plain.run_ms, attached.run_ms),
-    ):
-        result[f"{name}_p50_ms"] = statistics.median(without)
-        result[f"{name}_supervised_p50_ms"] = statistics.median(with_adapter)
-        result[f"{name}_overhead_ms"] = result[f"{name}_supervised_p50_ms"] - result[f"{name}_p50_ms"]
+    async with agent_connection("openai-agents") as agent_nc, Run.start(goal="bench", nc=agent_nc) as run:
+        # The scripted model has no name of its own: given, so each llm step is priced.
+        hooks = runvisor_hooks(run, model="gpt-4o-mini")
+        for _ in range(calls):  # interleaved, so a busy machine slows both alike
+            await plain.run(_agent(tool_supervised=False), RunHooks[Any]())
+            await attached.run(_agent(tool_supervised=True), hooks)
+            await held.run(_agent(tool_supervised=False), hooks)
+    result = overheads(
+        calls,
+        (
+            ("model_call", plain.model_ms, attached.model_ms),
+            ("tool_call", plain.tool_ms, attached.tool_ms),
+            ("agent_run", plain.run_ms, attached.run_ms),
+        ),
+    )
     result["tool_call_held_p50_ms"] = statistics.median(held.tool_ms)
     result["tool_call_held_overhead_ms"] = result["tool_call_held_p50_ms"] - result["tool_call_p50_ms"]
     return {key: round(value, 4) for key, value in result.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--calls", type=int, default=200, help="agent runs each way (two model calls, one tool call each)"
-    )
-    args = parser.parse_args()
-    print(json.dumps(asyncio.run(measure(args.calls)), indent=2))
-
-
 if __name__ == "__main__":
-    main()
+    main(measure, __doc__)

@@ -16,13 +16,7 @@ each way, and the difference.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import statistics
-import tempfile
 import time
-from pathlib import Path
 
 from pydantic_ai import Agent, CallToolsNode, ModelRequestNode
 from pydantic_ai.capabilities import AbstractCapability
@@ -31,9 +25,8 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
 from pydantic_graph import End
 
+from bench._overhead import agent_connection, main, overheads
 from runvisor.actors.agent import Run
-from runvisor.actors.connection import connect
-from runvisor.actors.server import EmbeddedServer, provision
 from runvisor.adapters.pydantic_ai import runvisor_capability
 
 
@@ -82,37 +75,19 @@ async def measure(calls: int = 200) -> dict[str, float]:
     """p50 milliseconds per model call and per tool call, without and with the adapter, and what it adds."""
     plain, supervised = _Timings(), _Timings()
     plain_agent, supervised_agent = _agent([]), _agent([runvisor_capability()])
-    with tempfile.TemporaryDirectory(prefix="runvisor-bench-pydantic-ai-") as tmp:
-        async with EmbeddedServer(Path(tmp)) as server:
-            admin = await connect(server.endpoint("admin"), "bench-pydantic-ai")
-            await provision(admin)
-            agent_nc = await connect(server.endpoint("agent"), "bench-pydantic-ai-agent")
-            try:
-                async with Run.start(goal="bench", nc=agent_nc):
-                    for _ in range(calls):  # interleaved, so a busy machine slows both alike
-                        await plain.run(plain_agent)
-                        await supervised.run(supervised_agent)
-            finally:
-                await agent_nc.close()
-                await admin.close()
-    result = {"calls": float(calls)}
-    for name, without, with_adapter in (
-        ("model_call", plain.model_ms, supervised.model_ms),
-        ("tool_call", plain.tool_ms, supervised.tool_ms),
-        ("agent_run", plain.run_ms, supervised.run_ms),
-    ):
-        result[f"{name}_p50_ms"] = statistics.median(without)
-        result[f"{name}_supervised_p50_ms"] = statistics.median(with_adapter)
-        result[f"{name}_overhead_ms"] = result[f"{name}_supervised_p50_ms"] - result[f"{name}_p50_ms"]
-    return {key: round(value, 4) for key, value in result.items()}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--calls", type=int, default=200, help="agent runs each way (one model+tool call each)")
-    args = parser.parse_args()
-    print(json.dumps(asyncio.run(measure(args.calls)), indent=2))
+    async with agent_connection("pydantic-ai") as agent_nc, Run.start(goal="bench", nc=agent_nc):
+        for _ in range(calls):  # interleaved, so a busy machine slows both alike
+            await plain.run(plain_agent)
+            await supervised.run(supervised_agent)
+    return overheads(
+        calls,
+        (
+            ("model_call", plain.model_ms, supervised.model_ms),
+            ("tool_call", plain.tool_ms, supervised.tool_ms),
+            ("agent_run", plain.run_ms, supervised.run_ms),
+        ),
+    )
 
 
 if __name__ == "__main__":
-    main()
+    main(measure, __doc__)
