@@ -15,6 +15,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StreamConfig
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -187,6 +188,31 @@ async def test_a_finished_run_leaves_rv_runs_after_keep_finished_and_a_live_one_
     # while the live runs, running and paused, written as long ago, stay.
     assert await _status(fresh_admin, "live", RunStatus.RUNNING)
     assert await _status(fresh_admin, "held", RunStatus.PAUSED)
+
+
+async def test_a_pause_sent_right_after_a_start_holds_when_the_worker_is_behind(
+    fresh_server: EmbeddedServer, fresh_admin: Client
+) -> None:
+    # CI saw the pause lost: a worker behind on steps takes a command at once, so it recalled the start
+    # from RV_STEPS to pause it, and then took the same start, when it came, for the run going on.
+    backlog = [step(f"busy-{i % 20}", i // 20 + 1, "message", observation=f"line {i}") for i in range(20_000)]
+    for event in backlog:
+        await fresh_admin.publish(subjects.step(event.run_id), codec.encode(event))
+    await fresh_admin.flush()
+    js = fresh_admin.jetstream()
+    await eventually(lambda: _stored_steps(js, len(backlog)), what="the backlog stored")
+    async with supervised(fresh_server) as worker:
+        await publish(fresh_admin, step("held", 1, "start", task="t"))
+        await fresh_admin.publish(subjects.ctl("held"), b"pause")
+        await eventually(lambda: worker.processed > len(backlog), timeout=30, what="the backlog judged")
+        await eventually(lambda: _status(fresh_admin, "held", RunStatus.PAUSED), what="held paused")
+        await asyncio.sleep(0.3)  # a few flushes later, still paused
+        assert await _status(fresh_admin, "held", RunStatus.PAUSED)
+        assert worker.engine.state("held").status is RunStatus.PAUSED
+
+
+async def _stored_steps(js: JetStreamContext, count: int) -> bool:
+    return (await js.stream_info(subjects.STEPS_STREAM)).state.messages >= count
 
 
 async def _status(nc: Client, run_id: str, status: RunStatus) -> bool:

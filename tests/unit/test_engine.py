@@ -511,6 +511,22 @@ def test_recall_leaves_a_run_already_in_a_window_alone() -> None:
     assert engine.state("r").status is RunStatus.RUNNING
 
 
+def test_a_start_recalled_for_a_command_that_came_first_is_not_taken_again_when_it_arrives() -> None:
+    # CI saw it: a pause sent right after a run's start reached the worker before the start did. The
+    # worker recalled the start from RV_STEPS to apply the pause to; when the same start then arrived,
+    # it was taken as activity after the pause, and the run was RUNNING again.
+    engine = Engine()
+    start = StepEvent(run_id="r", seq=1, ts=1e9, kind="start", task="t")
+    engine.recall("r", start, None, now=1e9)
+    engine.apply_command("r", Command(cmd="pause"), 1e9)
+    assert engine.observe(start, 1e9 + 1) == []
+    state = engine.state("r")
+    assert (state.status, state.last_seq, state.task) == (RunStatus.PAUSED, 1, "t")
+    # Its next step is the run going on.
+    engine.observe(StepEvent(run_id="r", seq=2, ts=1e9 + 2, kind="message", observation="hi"), 1e9 + 2)
+    assert engine.state("r").status is RunStatus.RUNNING
+
+
 def test_an_event_with_seq_zero_is_counted() -> None:
     # Recorded traffic numbers events from 0: the first one's tokens count like any other's.
     engine = Engine()

@@ -89,6 +89,10 @@ class Engine:
             # a later start (a retry of the agent's, or anyone's) neither reopens nor loosens it.
             if window.finished:
                 return []
+            if window.events and event.seq <= window.last_seq:
+                # Folded already: the start recalled for a command that came before it (a pause
+                # taken as activity after itself would resume the run), or a repeat of it.
+                return []
             if event.policy is not None and window.events == 0:
                 window.set_policy(event.policy)  # the window exists for a command that came first
         if kind == "heartbeat":
