@@ -247,9 +247,11 @@ async def test_a_node_of_three_killed_under_traffic_loses_nothing_and_rejoins(tm
 
             await eventually(rejoined, timeout=60, interval=0.5, what="the killed node current again")
             assert (await admin.jetstream().stream_info("RV_STEPS")).state.messages == len(sent)
-            # One decision, stored once; a stop whose acknowledgement was lost in the failover is sent
-            # again (the same command, deduplicated in RV_CONTROL), so a watcher may see it twice.
-            assert len({(c.at_seq, c.ts) for c in seen.stops()}) == 1, "never two decisions to stop one run"
+            # One decision, stored once. A watcher may see it twice: a stop whose acknowledgement was lost
+            # in the failover is sent again (the same command, deduplicated in RV_CONTROL); one not stored
+            # before the lease expired is made again from the replay, at the same step for the same reason
+            # (timed when its step was stored, not when it was first judged: CI saw both).
+            assert len({(c.reason, c.at_seq) for c in seen.stops()}) == 1, "never two decisions to stop one run"
             control = await admin.jetstream().stream_info("RV_CONTROL", subjects_filter=subjects.ctl(run_id))
             assert control.state.subjects == {subjects.ctl(run_id): 1}, "the stop stored once"
         finally:
