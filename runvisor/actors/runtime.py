@@ -183,7 +183,8 @@ class Actor:
                 await asyncio.wait_for(nc.drain(), self.graceful_s)
             except (TimeoutError, Exception) as exc:
                 log.warning("%s: drain did not finish (%s); closing", self.name, exc)
-                await nc.close()
+                with contextlib.suppress(Exception):  # nats-py 2.16 may write to the transport a lost server closed
+                    await nc.close()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` (or ``self.stopping``) is set, then stop gracefully.

@@ -356,3 +356,36 @@ async def test_loops_around_a_server_killed_and_restarted_are_all_stopped_once(
     # and no one watching rv.ctl ever sees two stops for a run (a core subscriber misses what is
     # published while it reconnects: agents catch up from RV_CONTROL, see test_agent).
     assert [run for run, n in seen.stops.items() if n > 1] == []
+
+
+@pytest.mark.timeout(90)
+async def test_a_worker_whose_server_is_gone_stops_at_once_on_sigterm_without_a_traceback(
+    fresh_server: EmbeddedServer, fresh_admin: Client, run_id: str, tmp_path: Path
+) -> None:
+    # Given a worker holding every partition, with a run to write,
+    log_path = tmp_path / "worker.log"
+    env = {
+        **os.environ, "NATS_URL": fresh_server.url, "RUNVISOR_LOG": "INFO",
+        "RV_SUPERVISOR_PASSWORD": fresh_server.credentials.passwords["supervisor"],
+    }  # fmt: skip
+    with log_path.open("w") as log_file:
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runvisor.actors.cli", "supervisor", "--id", "lonely", env=env, stderr=log_file
+        )
+    try:
+        await eventually(lambda: "supervisor started" in log_path.read_text(), timeout=30, what="the worker started")
+        await publish(fresh_admin, find_file_loop(run_id, 0, repeats=1))
+        # when its server dies and it is told to stop,
+        await fresh_server.kill()
+        await asyncio.sleep(0.5)
+        worker.send_signal(signal.SIGTERM)
+        # it stops within its graceful time (it waited on each of its 32 leases for a timeout: 160 s),
+        # says its leases were left to expire, and exits cleanly (it once raised out of nats-py's close).
+        assert await asyncio.wait_for(worker.wait(), 30) == 0
+    finally:
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    said = log_path.read_text()
+    assert "32 lease(s) not given back: NATS is out of reach" in said
+    assert "Traceback" not in said

@@ -64,6 +64,7 @@ class Leases:
     def __init__(
         self, js: JetStreamContext, kv: KeyValue, worker_id: str, partitions: int, ttl_s: float,
         on_gain: PartitionHook, on_lose: PartitionHook, clock: Callable[[], float] = time.monotonic,
+        connected: Callable[[], bool] = lambda: True,
     ) -> None:  # fmt: skip
         self.js = js
         self.kv = kv
@@ -73,6 +74,7 @@ class Leases:
         self.on_gain = on_gain
         self.on_lose = on_lose
         self.clock = clock
+        self.connected = connected
         self._held: dict[int, _Held] = {}
         self._value = worker_id.encode()
         #: Leases taken, given back and lost (not renewed in time, or taken over) since start: for metrics.
@@ -105,9 +107,14 @@ class Leases:
         """Give every lease back (graceful stop), so others take over without waiting for the TTL.
 
         One partition whose hand-over fails does not keep the others: each failure is logged, and
-        a lease not given back expires with the TTL.
+        a lease not given back expires with the TTL. With the server out of reach, none is tried:
+        each would wait for its timeout (32 leases took 160 s to stop a worker).
         """
         for partition in self.owned:
+            if not self.connected():
+                log.warning("%d lease(s) not given back: NATS is out of reach; they expire in %.0fs",
+                            len(self._held), self.ttl_s, extra={"worker": self.worker_id})  # fmt: skip
+                return
             try:
                 await self._release(partition)
             except Exception as exc:

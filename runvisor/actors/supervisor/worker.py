@@ -159,7 +159,7 @@ class SupervisorWorker(Actor):
             self.lease_ttl_s = bucket_ttl or subjects.DEFAULT_LEASE_TTL_S
         self._leases = Leases(
             self._js, lease_kv, self.worker_id, self.partitions, self.lease_ttl_s, self._gain, self._lose,
-            time.monotonic,
+            time.monotonic, lambda: self.nc.is_connected,
         )  # fmt: skip
         self._decisions = Decisions(
             self.nc, self._js, self.engine, self.owns, self._stored_state, self.stopping, self.clock, self.worker_id,
@@ -195,7 +195,7 @@ class SupervisorWorker(Actor):
         await self._flush()
         await self.leases.release_all()
         await self.followers.close()
-        log.info("supervisor stopped; leases released", extra={"worker": self.worker_id})
+        log.info("supervisor stopped", extra={"worker": self.worker_id})
 
     async def on_failure(self, exc: BaseException) -> None:
         # The leases are left to expire: the crash may be the connection. Following stops with us.
