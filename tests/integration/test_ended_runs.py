@@ -12,10 +12,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from test_supervisor import watch
 
 from runvisor.actors.server import EmbeddedServer
 from runvisor.actors.streams.runs import stored_state
+from runvisor.actors.streams.steps import first_step
+from runvisor.actors.supervisor import _follow
 from runvisor.actors.supervisor.worker import SupervisorWorker
 from runvisor.protocols import codec, subjects
 from runvisor.protocols.messages import RunState, StepEvent
@@ -101,3 +104,44 @@ async def test_a_later_start_does_not_loosen_a_live_runs_policy(
     # it is over the budget of its first start: stopped.
     await eventually(lambda: [c for c in seen.commands if c.cmd == "stop"], what="the stop")
     assert seen.commands[-1].reason is StopReason.BUDGET_EXCEEDED
+
+
+async def test_runs_in_a_burst_of_new_ones_are_told_apart_while_their_lookups_run_ahead(
+    worker: SupervisorWorker, fresh_admin: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each run new to a worker waits on a lookup of its first stored step; a burst of new runs waited
+    # on them one after another, and the next loop's stop with them. They are now looked up ahead.
+    in_flight, most = 0, 0
+
+    async def counted(nc: Client, partition: int, run_id: str) -> Msg | None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            return await first_step(nc, partition, run_id)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(_follow, "first_step", counted)
+    # Given a run stopped for its budget and one that spent 0.7 of its 1.0, both forgotten by the worker,
+    ended, quiet = "burst-ended", "burst-quiet"
+    await send(fresh_admin, start(ended, 1, TIGHT), spend(ended, 2, 1.5), start(quiet, 1, TIGHT), spend(quiet, 2, 0.7))
+    await eventually(lambda: state_is(fresh_admin, ended, RunStatus.STOPPED), what="the run STOPPED")
+    await eventually(lambda: state_is(fresh_admin, quiet, RunStatus.RUNNING, cost=0.7), what="0.7 spent")
+    await eventually(lambda: not {ended, quiet} & worker.engine.windows.keys(), what="both forgotten")
+    seen_ended, seen_quiet = await watch(fresh_admin, ended), await watch(fresh_admin, quiet)
+    # when both start again, loosely, in the middle of 600 new runs' starts sent at once,
+    burst = [start(f"burst-{i}", 1, LOOSE) for i in range(600)]
+    burst[200:200] = [start(ended, 3, LOOSE)]
+    burst[400:400] = [start(quiet, 3, LOOSE), spend(quiet, 4, 0.4)]
+    for event in burst:
+        await fresh_admin.publish(subjects.step(event.run_id), codec.encode(event))
+    await fresh_admin.flush()
+    # every new run is judged as one, the ended run's start is refused, and the quiet run is over the
+    # budget of its first start: stopped.
+    await eventually(lambda: {f"burst-{i}" for i in range(600)} <= worker.engine.windows.keys(), what="all judged")
+    errors = await eventually(seen_ended.errors, what="the refusal on rv.event")
+    assert errors == [f"start rejected: run {ended} has ended (STOPPED, BUDGET_EXCEEDED); a new run needs a new id"]
+    await eventually(lambda: [c for c in seen_quiet.commands if c.cmd == "stop"], what="the stop")
+    assert seen_quiet.commands[-1].reason is StopReason.BUDGET_EXCEEDED
+    assert most > 1, "the lookups were made one after another"

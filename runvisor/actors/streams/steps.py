@@ -110,11 +110,14 @@ async def direct_get_step(nc: Client, request: dict[str, str]) -> Msg | None:
     raise RuntimeError(f"direct get {request} failed: {headers}")
 
 
-async def stored_before(nc: Client, partition: int, run_id: str, stream_seq: int) -> bool:
-    """Whether ``RV_STEPS`` holds a step of the run stored before stream sequence ``stream_seq``
-    (one direct get: the run's first step)."""
-    first = await direct_get_step(nc, {"next_by_subj": subjects.stored_step(partition, run_id)})
-    return first is not None and int((first.headers or {})["Nats-Sequence"]) < stream_seq
+async def first_step(nc: Client, partition: int, run_id: str) -> Msg | None:
+    """The run's first step in ``RV_STEPS`` (one direct get); None when it has none."""
+    return await direct_get_step(nc, {"next_by_subj": subjects.stored_step(partition, run_id)})
 
 
-__all__ = ["StoredStep", "direct_get_step", "has_steps", "run_steps", "stored_before"]
+def stream_sequence(found: Msg) -> int:
+    """The stream sequence of a step that :func:`direct_get_step` found."""
+    return int((found.headers or {})["Nats-Sequence"])
+
+
+__all__ = ["StoredStep", "direct_get_step", "first_step", "has_steps", "run_steps", "stream_sequence"]

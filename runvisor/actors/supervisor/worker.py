@@ -32,7 +32,7 @@ from runvisor.actors.endpoint import Endpoint
 from runvisor.actors.metrics import Metrics, WorkerSnapshot
 from runvisor.actors.runtime import Actor
 from runvisor.actors.streams.runs import allows_ttl, finished_ttl, read_state
-from runvisor.actors.streams.steps import direct_get_step, stored_before
+from runvisor.actors.streams.steps import stream_sequence
 from runvisor.actors.supervisor._decide import Decisions
 from runvisor.actors.supervisor._family import FamilyLink
 from runvisor.actors.supervisor._follow import Followers
@@ -294,12 +294,12 @@ class SupervisorWorker(Actor):
         run_id = event.run_id
         if run_id not in self.engine.windows:
             try:
-                seen_before = await stored_before(self.nc, partition, run_id, msg.metadata.sequence.stream)
+                first = await self.followers.first_step(partition, run_id, self.engine.windows.__contains__)
             except Exception as exc:  # judged as a new run, as before this check
                 log.warning("earlier steps not looked for: %s", exc, extra={"run_id": run_id, "worker": self.worker_id})
-                seen_before = False
-            if seen_before:
-                await self._recall(partition, run_id, now)
+                first = None
+            if first is not None and stream_sequence(first) < msg.metadata.sequence.stream:
+                await self._recall(partition, run_id, now, first)
         window = self.engine.windows.get(run_id)
         if window is None or not (window.events or window.last_seq):
             return event  # the run's first start (a window may hold only a command): its policy stands
@@ -311,11 +311,13 @@ class SupervisorWorker(Actor):
             return None
         return event if event.policy is None else event.model_copy(update={"policy": None})
 
-    async def _recall(self, partition: int, run_id: str, now: float) -> None:
+    async def _recall(self, partition: int, run_id: str, now: float, first: Msg | None = None) -> None:
         """Before judging a run first seen mid-way, recall its policy from its ``start`` event in
-        ``RV_STEPS`` and what it spent, and how it ended, from ``rv_runs`` (see ``Engine.recall``)."""
+        ``RV_STEPS`` (its ``first`` step there, when it was looked up already) and what it spent,
+        and how it ended, from ``rv_runs`` (see ``Engine.recall``)."""
         try:
-            first = await direct_get_step(self.nc, {"next_by_subj": subjects.stored_step(partition, run_id)})
+            if first is None:
+                first = await self.followers.first_step(partition, run_id, self.engine.windows.__contains__)
             stored = await self._stored_state(run_id)
         except Exception as exc:  # judged from here on, as before there was anything to recall
             log.warning("cannot recall run %s: %s", run_id, exc, extra={"worker": self.worker_id})
