@@ -215,6 +215,24 @@ async def _stored_steps(js: JetStreamContext, count: int) -> bool:
     return (await js.stream_info(subjects.STEPS_STREAM)).state.messages >= count
 
 
+async def test_rv_stats_says_when_the_runs_a_worker_holds_are_forgotten(
+    fresh_server: EmbeddedServer, fresh_admin: Client
+) -> None:
+    # rv.stats was published only when a step arrived: runs forgotten in a quiet spell stayed counted.
+    reports: list[dict[str, Any]] = []
+
+    async def on_stats(msg: Msg) -> None:
+        reports.append(json.loads(msg.data))
+
+    await fresh_admin.subscribe(subjects.stats("w"), cb=on_stats)
+    async with supervised(fresh_server, idle_s=0.5):
+        await publish(fresh_admin, step("quiet", 1, "start", task="t"), step("quiet", 2, "message", observation="hi"))
+        await eventually(lambda: reports and reports[-1]["runs"] == 1, what="one run held")
+        processed = reports[-1]["processed"]
+        await eventually(lambda: reports[-1]["runs"] == 0, what="the quiet run forgotten, said on rv.stats")
+        assert reports[-1]["processed"] == processed  # nothing arrived meanwhile
+
+
 async def _status(nc: Client, run_id: str, status: RunStatus) -> bool:
     entry = await stored(nc, run_id)
     return entry is not None and codec.decode_stored(RunState, entry.value or b"").status is status

@@ -109,7 +109,7 @@ class SupervisorWorker(Actor):
         self.processed = 0
         self.first_at: float | None = None  # wall clock of the first and latest processed event
         self.last_at = 0.0
-        self._reported = (0, 0)  # (processed, rejected) last published on rv.stats
+        self._reported = (0, 0, 0)  # (processed, rejected, runs) last published on rv.stats
         self._dirty: set[str] = set()
         self._writing: set[str] = set()  # states sent to rv_runs, not yet acknowledged
         self._decisions: Decisions | None = None
@@ -501,8 +501,9 @@ class SupervisorWorker(Actor):
         )  # fmt: skip
 
     async def _report(self) -> None:
-        """Publish throughput on ``rv.stats.<worker>`` when it changed (operators, the bench)."""
-        counts = (self.processed, self._rejections.total)
+        """Publish throughput on ``rv.stats.<worker>`` when it changed (operators, the bench); runs
+        forgotten while nothing arrives are a change too."""
+        counts = (self.processed, self._rejections.total, len(self.engine.windows))
         if counts == self._reported:
             return
         self._reported = counts
