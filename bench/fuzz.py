@@ -1,7 +1,7 @@
 """How a live supervisor worker copes with hostile input: a fuzz run beside real loops.
 
     python -m bench.fuzz [--messages 100000] [--loops 50] [--rate 5000] [--seed 7] [--settle 10]
-                         [--log FILE] [--json]
+                         [--idle S] [--log FILE] [--json]
 
 Starts a private nats-server (loopback, free ports, a temporary directory) and ONE
 ``runvisor supervisor --id fuzz`` process, its stderr captured, then runs two phases on it:
@@ -23,8 +23,10 @@ says how fast the machine was at the time.
 It reports what was sent, by class; what the worker rejected (its ``rv.stats`` ``rejected``)
 against what ``runvisor.protocols.codec`` rejects here; whether the worker survived; the loops it
 stopped and their detection latency (publish of the step completing the loop to the ``stop`` on
-``rv.ctl.<run>``); its RSS before and right after the hostile phase and after ``--settle`` seconds;
-the WARNING/ERROR lines it wrote; and the wall time. The same ``--seed`` sends the same bytes.
+``rv.ctl.<run>``); its RSS and the runs it holds before and right after the hostile phase and after
+``--settle`` seconds (with ``--idle`` shorter than that, the worker has forgotten the runs by then:
+what memory it keeps is not theirs); the WARNING/ERROR lines it wrote; and the wall time. The same
+``--seed`` sends the same bytes.
 """
 
 from __future__ import annotations
@@ -150,13 +152,16 @@ class Observer:
 
 
 @contextlib.asynccontextmanager
-async def worker_process(server: EmbeddedServer, stderr: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``runvisor supervisor --id fuzz`` as a child process; terminated (then killed) on exit."""
+async def worker_process(
+    server: EmbeddedServer, stderr: Path, idle_s: float | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``runvisor supervisor --id fuzz [--idle S]`` as a child process; terminated (then killed) on exit."""
     env = {**os.environ, "NATS_URL": server.url, "RUNVISOR_LOG": "WARNING",
            "RV_SUPERVISOR_PASSWORD": server.credentials.passwords["supervisor"]}  # fmt: skip
     with stderr.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runvisor.actors.cli", "supervisor", "--id", WORKER_ID, env=env,
+            sys.executable, "-m", "runvisor.actors.cli", "supervisor", "--id", WORKER_ID,
+            *(["--idle", str(idle_s)] if idle_s is not None else []), env=env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=err,
         )  # fmt: skip
     try:
@@ -339,7 +344,7 @@ async def fuzz(args: argparse.Namespace) -> dict[str, Any]:
                 await watch.subscribe(subjects.stats(WORKER_ID), cb=seen.on_stats)
                 await watch.flush()
                 info = await nc.jetstream().stream_info(subjects.STEPS_STREAM)
-                async with worker_process(server, stderr) as proc:
+                async with worker_process(server, stderr, args.idle) as proc:
                     await wait_for_leases(nc, proc, subjects.partitions_in(info.config) or subjects.DEFAULT_PARTITIONS)
                     result["clean"] = await run_phase(nc, clean, args.rate, seen, proc, stderr)
                     rss = {"before_hostile": _mb(proc_kb(proc.pid, "VmRSS"))}
@@ -350,6 +355,7 @@ async def fuzz(args: argparse.Namespace) -> dict[str, Any]:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(proc.wait(), args.settle)
                     rss |= {"after_settle": _mb(proc_kb(proc.pid, "VmRSS")), "peak": _mb(proc_kb(proc.pid, "VmHWM"))}
+                    runs["after_settle"] = seen.stats.get("runs")
                     result |= {"worker_rss_mb": rss, "worker_runs": runs, "worker_other_commands": dict(seen.others)}
                     result["worker_exited_by_itself"] = proc.returncode
                     result |= await stop_worker(proc)
@@ -394,11 +400,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=5_000.0, help="messages per second, 0: unpaced (5000)")
     parser.add_argument("--seed", type=int, default=7, help="seed of every message (default 7)")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds before the last RSS reading (10)")
+    parser.add_argument(
+        "--idle", type=float, default=None, metavar="S", help="the worker forgets runs silent this long (its default)"
+    )
     parser.add_argument("--log", type=Path, default=None, help="keep the worker's stderr in this file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    if args.messages < 1 or args.loops < 1 or args.rate < 0 or args.settle < 0:
-        print("fuzz: --messages and --loops must be at least 1, --rate and --settle not negative", file=sys.stderr)
+    if (
+        args.messages < 1
+        or args.loops < 1
+        or args.rate < 0
+        or args.settle < 0
+        or (args.idle is not None and args.idle <= 0)
+    ):
+        print("fuzz: --messages and --loops must be at least 1, --rate and --settle not negative, --idle positive",
+              file=sys.stderr)  # fmt: skip
         return 2
     try:
         result = asyncio.run(fuzz(args))
