@@ -4,7 +4,6 @@ agents (``create_agent``) on LangChain's offline chat model, supervised by one m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -12,7 +11,7 @@ import signal
 import sys
 import textwrap
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,12 @@ from langgraph.types import Command as LgCommand
 from nats.aio.client import Client
 from test_agent import all_stored_steps as stored_steps
 from test_agent import checkpoint, has_status
+from test_operator import supervised
 
 from runvisor import Run, RunKilled, RunNotResumable, RunStopped
 from runvisor.actors.connection import connect
 from runvisor.actors.operator import send_command
 from runvisor.actors.server import EmbeddedServer
-from runvisor.actors.supervisor import SupervisorWorker
 from runvisor.adapters.langgraph import RunvisorCallbackHandler, RunvisorMiddleware, is_pause, resume_command
 from runvisor.protocols.messages import Checkpoint, Command, StepEvent
 from runvisor.protocols.policy import Policy
@@ -181,20 +180,6 @@ async def test_with_nothing_to_say_runvisor_leaves_the_agents_messages_unchanged
     assert set(supervised) == set(alone) == {"messages"}
 
 
-@contextlib.asynccontextmanager
-async def supervisor(server: EmbeddedServer) -> AsyncIterator[SupervisorWorker]:
-    """A supervisor worker in this process, holding every partition; stopped gracefully on exit."""
-    stop = asyncio.Event()
-    worker = SupervisorWorker(server.endpoint("supervisor"), worker_id="langgraph", tick_s=0.1, flush_s=0.05)
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        await eventually(lambda: worker._leases is not None and len(worker.leases.owned) == worker.partitions)
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
-
-
 def looping() -> Iterator[AIMessage]:
     """A model that asks for the same search for ever, each time with a new tool call id."""
     for n in itertools.count():
@@ -204,7 +189,7 @@ def looping() -> Iterator[AIMessage]:
 async def test_a_looping_agent_is_stopped_with_loop_detected_raised_out_of_ainvoke(
     server: EmbeddedServer, agent_nc: Client, admin: Client, run_id: str
 ) -> None:
-    async with supervisor(server):
+    async with supervised(server):
         with pytest.raises(RunStopped) as stopped:
             async with Run.start(goal="find the parser", policy=Policy(max_steps=500), run_id=run_id, nc=agent_nc):
                 await agent_on(looping(), [search]).ainvoke(user("Find the JSON parser"), CONFIG)

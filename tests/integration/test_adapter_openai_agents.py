@@ -4,13 +4,12 @@ SDK agents on the SDK's offline ``ScriptedModel``, attached with ``hooks=runviso
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,12 +21,12 @@ from agents.testing.model import ModelScriptItem
 from nats.aio.client import Client
 from test_agent import all_stored_steps as stored_steps
 from test_agent import checkpoint, has_status
+from test_operator import supervised as supervisor
 
 from runvisor import Policy, Run, RunKilled, RunStopped
 from runvisor.actors.connection import connect
 from runvisor.actors.operator import send_command
 from runvisor.actors.server import EmbeddedServer
-from runvisor.actors.supervisor import SupervisorWorker
 from runvisor.adapters.openai_agents import runvisor_hooks, supervised
 from runvisor.protocols.messages import Checkpoint, Command, StepEvent
 from runvisor.protocols.reasons import RunStatus, StopReason
@@ -137,20 +136,6 @@ async def test_a_handoff_is_a_message_of_the_same_run(agent_nc: Client, admin: C
     assert result.final_output == "refunded"
     said = [e.observation for e in await stored_steps(admin, run_id) if e.kind == "message"]
     assert said == ["handoff: triage -> billing"]
-
-
-@contextlib.asynccontextmanager
-async def supervisor(server: EmbeddedServer) -> AsyncIterator[SupervisorWorker]:
-    """A supervisor worker in this process, holding every partition; stopped gracefully on exit."""
-    stop = asyncio.Event()
-    worker = SupervisorWorker(server.endpoint("supervisor"), worker_id="openai-agents", tick_s=0.1, flush_s=0.05)
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        await eventually(lambda: worker._leases is not None and len(worker.leases.owned) == worker.partitions)
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
 
 
 async def test_a_looping_agent_is_stopped_with_loop_detected_raised_out_of_runner_run(

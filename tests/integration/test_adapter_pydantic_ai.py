@@ -4,13 +4,12 @@ agents on offline ``FunctionModel``s, supervised by one capability."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import signal
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,13 @@ from pydantic_ai.tools import DeferredToolRequests
 from pydantic_ai.usage import RequestUsage
 from test_agent import all_stored_steps as stored_steps
 from test_agent import checkpoint, has_status
+from test_operator import supervised
 
 from runvisor import Run, RunKilled, RunStopped
 from runvisor.actors.connection import connect
 from runvisor.actors.operator import send_command
 from runvisor.actors.server import EmbeddedServer
 from runvisor.actors.streams.runs import stored_state
-from runvisor.actors.supervisor import SupervisorWorker
 from runvisor.adapters.pydantic_ai import runvisor_capability
 from runvisor.protocols.messages import Checkpoint, Command, RunState
 from runvisor.protocols.policy import Policy
@@ -157,20 +156,6 @@ async def test_two_parallel_tool_calls_are_both_checkpointed_before_they_run(
     assert results == {"fetch-a": True, "fetch-b": True}
 
 
-@contextlib.asynccontextmanager
-async def supervisor(server: EmbeddedServer) -> AsyncIterator[SupervisorWorker]:
-    """A supervisor worker in this process, holding every partition; stopped gracefully on exit."""
-    stop = asyncio.Event()
-    worker = SupervisorWorker(server.endpoint("supervisor"), worker_id="pydantic-ai", tick_s=0.1, flush_s=0.05)
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        await eventually(lambda: worker._leases is not None and len(worker.leases.owned) == worker.partitions)
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
-
-
 async def test_a_looping_agent_is_stopped_with_loop_detected_raised_out_of_agent_run(
     server: EmbeddedServer, agent_nc: Client, admin: Client, run_id: str
 ) -> None:
@@ -187,7 +172,7 @@ async def test_a_looping_agent_is_stopped_with_loop_detected_raised_out_of_agent
     async def search(term: str) -> str:
         return f"No matches found for {term!r}"
 
-    async with supervisor(server):
+    async with supervised(server):
         with pytest.raises(RunStopped) as stopped:
             async with Run.start(goal="find the parser", policy=Policy(max_steps=500), run_id=run_id, nc=agent_nc):
                 await agent.run("Find the JSON parser")
@@ -579,7 +564,7 @@ async def test_a_sub_agent_delegated_to_from_a_tool_reports_to_its_own_run_and_i
 
     # when the planner, allowed $0.05, spends $0.01 and its sub-agent goes on spending,
     budget = Policy(max_cost_usd=0.05)
-    async with supervisor(server):
+    async with supervised(server):
         with pytest.raises(RunStopped) as parent_end:
             async with Run.start("plan", budget, run_id, nc=agent_nc, prices=DELEGATION_PRICES):
                 await planner.run("Where is the JSON parser?")

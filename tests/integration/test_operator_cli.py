@@ -16,17 +16,17 @@ import struct
 import sys
 import termios
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nats.aio.client import Client
+from test_operator import supervised
 
 from runvisor import Run
 from runvisor.actors.operator import fetch_state
 from runvisor.actors.server import EmbeddedServer
-from runvisor.actors.supervisor.worker import SupervisorWorker
 from runvisor.protocols import codec, subjects
 from runvisor.protocols.messages import Counters, Evidence, ProgressSignal, RunState, Spent, StepEvent, Verdict
 from runvisor.protocols.reasons import RunStatus, StopReason
@@ -51,20 +51,6 @@ async def cli(server: EmbeddedServer, *args: str) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
-
-
-@contextlib.asynccontextmanager
-async def supervised(server: EmbeddedServer) -> AsyncIterator[SupervisorWorker]:
-    """A supervisor worker holding every partition; stopped on exit."""
-    stop = asyncio.Event()
-    worker = SupervisorWorker(server.endpoint("supervisor"), worker_id="w", flush_s=0.05, tick_s=0.1)
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        await eventually(lambda: worker._leases is not None and len(worker.leases.owned) == worker.partitions)
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
 
 
 def loop_steps(run_id: str, repeats: int) -> Iterator[StepEvent]:
