@@ -7,18 +7,23 @@ import asyncio
 import json
 import statistics
 import tempfile
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nats.aio.client import Client
 
 from runvisor.actors.connection import connect
 from runvisor.actors.server import EmbeddedServer, provision
 
-#: (what was timed, milliseconds without the adapter, milliseconds with it)
-Timed = tuple[str, list[float], list[float]]
+
+class Timings(Protocol):
+    """Milliseconds per model call, per tool call and per agent run, as one bench's agents measured them."""
+
+    model_ms: list[float]
+    tool_ms: list[float]
+    run_ms: list[float]
 
 
 @asynccontextmanager
@@ -36,10 +41,14 @@ async def agent_connection(name: str) -> AsyncIterator[Client]:
                 await admin.close()
 
 
-def overheads(calls: int, timed: Iterable[Timed]) -> dict[str, float]:
+def overheads(calls: int, plain: Timings, supervised: Timings) -> dict[str, float]:
     """p50 of each measure without and with the adapter, and what the adapter adds."""
     result = {"calls": float(calls)}
-    for name, without, with_adapter in timed:
+    for name, without, with_adapter in (
+        ("model_call", plain.model_ms, supervised.model_ms),
+        ("tool_call", plain.tool_ms, supervised.tool_ms),
+        ("agent_run", plain.run_ms, supervised.run_ms),
+    ):
         result[f"{name}_p50_ms"] = statistics.median(without)
         result[f"{name}_supervised_p50_ms"] = statistics.median(with_adapter)
         result[f"{name}_overhead_ms"] = result[f"{name}_supervised_p50_ms"] - result[f"{name}_p50_ms"]

@@ -115,14 +115,7 @@ async def measure(calls: int = 200) -> dict[str, float]:
             await plain.run(_agent(tool_supervised=False), RunHooks[Any]())
             await attached.run(_agent(tool_supervised=True), hooks)
             await held.run(_agent(tool_supervised=False), hooks)
-    result = overheads(
-        calls,
-        (
-            ("model_call", plain.model_ms, attached.model_ms),
-            ("tool_call", plain.tool_ms, attached.tool_ms),
-            ("agent_run", plain.run_ms, attached.run_ms),
-        ),
-    )
+    result = overheads(calls, plain, attached)
     result["tool_call_held_p50_ms"] = statistics.median(held.tool_ms)
     result["tool_call_held_overhead_ms"] = result["tool_call_held_p50_ms"] - result["tool_call_p50_ms"]
     return {key: round(value, 4) for key, value in result.items()}

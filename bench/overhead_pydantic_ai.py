@@ -79,14 +79,7 @@ async def measure(calls: int = 200) -> dict[str, float]:
         for _ in range(calls):  # interleaved, so a busy machine slows both alike
             await plain.run(plain_agent)
             await supervised.run(supervised_agent)
-    return overheads(
-        calls,
-        (
-            ("model_call", plain.model_ms, supervised.model_ms),
-            ("tool_call", plain.tool_ms, supervised.tool_ms),
-            ("agent_run", plain.run_ms, supervised.run_ms),
-        ),
-    )
+    return overheads(calls, plain, supervised)
 
 
 if __name__ == "__main__":
