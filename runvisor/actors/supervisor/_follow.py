@@ -76,7 +76,7 @@ class Followers:
 
     def __init__(
         self, nc: Client, steps_nc: Client, holds: Callable[[int], bool], handle: StepHandler,
-        lookback_s: float, clock: Callable[[], float], worker_id: str,
+        lookback_s: float, clock: Callable[[], float], worker_id: str, known: Callable[[str], bool],
     ) -> None:  # fmt: skip
         """Args:
         nc: the worker's main connection (direct gets: where a partition's history begins and ends).
@@ -86,6 +86,7 @@ class Followers:
         lookback_s: how far back a new consumer starts.
         clock: wall clock (seconds).
         worker_id: for logs.
+        known: whether the worker has a window for a run (its first step is not looked up ahead).
         """
         self._nc = nc
         self._steps_js: JetStreamContext = steps_nc.jetstream()
@@ -94,6 +95,7 @@ class Followers:
         self.lookback_s = lookback_s
         self._clock = clock
         self._worker_id = worker_id
+        self._known = known
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._subs: dict[int, Any] = {}  # each followed partition's ordered consumer, once created
         # Per followed partition, its last sequence within the lookback when following began, until
@@ -232,20 +234,20 @@ class Followers:
 
     # -- first steps of new runs ---------------------------------------------------------
 
-    async def first_step(self, partition: int, run_id: str, known: Callable[[str], bool]) -> Msg | None:
+    async def first_step(self, partition: int, run_id: str) -> Msg | None:
         """The run's first step in ``RV_STEPS`` (see ``streams.steps.first_step``); None when it has none.
 
-        Looked up ahead if it was; meanwhile the lookups of the next queued runs that ``known``
-        says have no window start (see the module doc).
+        Looked up ahead if it was; meanwhile the lookups of the next queued runs the worker has no
+        window for start (see the module doc).
         """
         task = self._ahead.pop(run_id, None)
-        self._look_ahead(known, run_id)
+        self._look_ahead(run_id)
         if task is None:
             return await first_step(self._nc, partition, run_id)
         return await task
 
-    def _look_ahead(self, known: Callable[[str], bool], current: str) -> None:
-        ahead, start = self._ahead, self._scanned
+    def _look_ahead(self, current: str) -> None:
+        ahead, known, start = self._ahead, self._known, self._scanned
         for partition, _, msg in itertools.islice(self._queue, start, start + SCAN_AHEAD):
             if len(ahead) >= LOOKUPS_AHEAD:
                 break

@@ -173,7 +173,14 @@ class SupervisorWorker(Actor):
         # Steps are timed only for metrics: a worker without them pays nothing per step.
         judge = self._step if self.metrics is None else self.measures.timed(self._step)
         self._followers = Followers(
-            self.nc, steps_nc, self.leases.holds, judge, self.lookback_s, self.clock, self.worker_id
+            self.nc,
+            steps_nc,
+            self.leases.holds,
+            judge,
+            self.lookback_s,
+            self.clock,
+            self.worker_id,
+            self.engine.windows.__contains__,
         )
         if self.metrics is not None:
             self.metrics.watch(self.worker_id, self.snapshot)
@@ -294,7 +301,7 @@ class SupervisorWorker(Actor):
         run_id = event.run_id
         if run_id not in self.engine.windows:
             try:
-                first = await self.followers.first_step(partition, run_id, self.engine.windows.__contains__)
+                first = await self.followers.first_step(partition, run_id)
             except Exception as exc:  # judged as a new run, as before this check
                 log.warning("earlier steps not looked for: %s", exc, extra={"run_id": run_id, "worker": self.worker_id})
                 first = None
@@ -317,7 +324,7 @@ class SupervisorWorker(Actor):
         and how it ended, from ``rv_runs`` (see ``Engine.recall``)."""
         try:
             if first is None:
-                first = await self.followers.first_step(partition, run_id, self.engine.windows.__contains__)
+                first = await self.followers.first_step(partition, run_id)
             stored = await self._stored_state(run_id)
         except Exception as exc:  # judged from here on, as before there was anything to recall
             log.warning("cannot recall run %s: %s", run_id, exc, extra={"worker": self.worker_id})
