@@ -24,8 +24,8 @@ A step of a run the worker has no window for waits on one lookup of the run's fi
 (is it new, or known from before: DESIGN §3, README "Security"). While one is awaited, the same
 lookup starts for the next new runs up the queue, ``LOOKUPS_AHEAD`` at most: the steps are still
 judged one at a time, in order, but a burst of new runs waits about one round trip per batch of
-them, not one per run. 4,000 new runs sent at once delayed the next loop's stop by 1.4-1.8 s, now
-0.6-0.8 s: what is left is each new run's own cost (its lookup's CPU, its first state written).
+them, not one per run. 4,000 new runs sent at once delayed the stop of a loop behind them by 1.7-2.1 s,
+now 0.8-1.2 s (``python -m bench.burst``): what is left is each new run's own CPU.
 """
 
 from __future__ import annotations
